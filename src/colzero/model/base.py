@@ -95,6 +95,15 @@ class TokenizedBatch:
             self.positions,
         )
 
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: slice | list[int] | torch.Tensor) -> TokenizedBatch:
+        """A subset of rows (same width: query expansion positions are unattended yet scored)."""
+        types = None if self.token_type_ids is None else self.token_type_ids[rows]
+        ids = self.input_ids[rows]
+        return TokenizedBatch(ids, self.attention_mask[rows], types, list(range(ids.shape[0])))
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         if self.token_type_ids is not None:

@@ -146,8 +146,9 @@ class DenseModel(EncoderBase):
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
         return F.normalize(pooled, p=2, dim=-1) if self.config.normalize else pooled
 
-    def embed(self, batch: TokenizedBatch, role: Role) -> torch.Tensor:
-        return self(**batch.model_inputs())
+    def embed(self, batch: TokenizedBatch, role: Role) -> tuple[torch.Tensor, None]:
+        """(vectors (batch, hidden), None): same shape of answer as ColBERT.embed."""
+        return self(**batch.model_inputs()), None
 
     def encode(
         self,
@@ -171,7 +172,7 @@ class DenseModel(EncoderBase):
             batch_size,
             lambda window: self.tokenize_rows(window, role),
             self.tokenizer.pad_token_id,
-            lambda batch: list(self.embed(batch, role).to("cpu", dtype)),
+            lambda batch: list(self.embed(batch, role)[0].to("cpu", dtype)),
             precision,
             show_progress,
             f"Encoding {role}s",
