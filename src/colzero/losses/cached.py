@@ -1,0 +1,160 @@
+"""GradCache: the contrastive loss of a large batch with memory bounded by a mini-batch.
+
+Same loss and gradients as :class:`colzero.losses.contrastive.Contrastive` on the whole batch
+(Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup";
+sentence-transformers ``CachedMultipleNegativesRankingLoss``; SPEC §3):
+
+1. ``fn(batch)`` embeds queries, positives, negatives in chunks of ``mini_batch_size`` rows
+   without gradients, saving the RNG state (CPU and every CUDA device) before each chunk;
+2. computes the full-batch InfoNCE on the cached embeddings (detached leaves that require grad,
+   documents gathered across ranks) and ``d loss / d embeddings`` right away;
+3. returns the loss as a tensor with a backward hook: ``loss.backward()`` re-embeds every chunk
+   with gradients under the saved RNG state (identical dropout masks) and the autocast state that
+   surrounded step 1, and calls ``torch.autograd.backward(chunk_embeddings, cached_grad * g)``
+   (g = the incoming gradient, e.g. 1 / accumulation steps). Under DDP every chunk but the last
+   runs inside ``model.no_sync()``, so gradients are all-reduced once.
+
+Call style (same as ``Contrastive``): ``loss = fn(batch); loss.backward()``. Peak memory is one
+chunk's activations plus the cached embeddings and the score matrix. Under ``torch.no_grad()``
+``fn(batch)`` just returns the loss. Chunks are embedded in the order queries, positives,
+negatives, each in row order (this is the RNG consumption order with dropout on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from colzero.data.batch import ContrastiveBatch
+from colzero.losses.contrastive import Contrastive
+from colzero.losses.gather import all_reduce_mean_
+from colzero.losses.scores import embed
+from colzero.model.base import TokenizedBatch
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+
+class RandContext:
+    """Snapshot of the CPU and CUDA RNG states; ``with ctx:`` replays from it (state restored after)."""
+
+    def __init__(self) -> None:
+        self.cpu_state = torch.get_rng_state()
+        self.cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self._fork: contextlib.AbstractContextManager | None = None
+
+    def __enter__(self) -> None:
+        devices = list(range(len(self.cuda_states))) if self.cuda_states is not None else []
+        self._fork = torch.random.fork_rng(devices=devices, enabled=True)
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_states is not None:
+            torch.cuda.set_rng_state_all(self.cuda_states)
+
+    def __exit__(self, *exc) -> None:
+        assert self._fork is not None
+        self._fork.__exit__(*exc)
+        self._fork = None
+
+
+@dataclass
+class _Chunk:
+    batch: TokenizedBatch
+    role: str
+    part: int  # 0 queries, 1 positives, 2 negatives
+    rows: slice
+    rng: RandContext
+
+
+class CachedContrastive(Contrastive):
+    """GradCache InfoNCE (module docstring); arguments as :class:`Contrastive` plus
+    ``mini_batch_size`` (rows embedded at once, per role)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mini_batch_size: int = 32,
+        temperature: float = 0.02,
+        learnable_temperature: bool = False,
+        gather_across_devices: bool = True,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        super().__init__(model, temperature, learnable_temperature, gather_across_devices, budget_bytes)
+        if mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
+        self.mini_batch_size = mini_batch_size
+
+    def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, str, int, slice]]:
+        parts = [(batch.queries, "query"), (batch.positives, "document")]
+        if batch.negatives is not None and batch.n_negatives > 0:
+            parts.append((batch.negatives, "document"))
+        for index, (tb, role) in enumerate(parts):
+            for start in range(0, len(tb), self.mini_batch_size):
+                rows = slice(start, min(start + self.mini_batch_size, len(tb)))
+                yield tb.select(rows), role, index, rows
+
+    def forward(self, batch: ContrastiveBatch) -> torch.Tensor:
+        chunks: list[_Chunk] = []
+        vectors: list[list[torch.Tensor]] = [[], [], []]
+        masks: list[list[torch.Tensor | None]] = [[], [], []]
+        with torch.no_grad():
+            for tb, role, part, rows in self._chunks(batch):
+                rng = RandContext()
+                v, m = embed(self.model, tb, role)
+                chunks.append(_Chunk(tb, role, part, rows, rng))
+                vectors[part].append(v.detach())
+                masks[part].append(m)
+        full = [torch.cat(v) if v else None for v in vectors]
+        full_masks = [torch.cat(m) if m and m[0] is not None else None for m in masks]
+        if not torch.is_grad_enabled():
+            return self.loss_from_embeddings(
+                full[0], full_masks[0], full[1], full_masks[1], full[2], full_masks[2]
+            )
+        device_type = full[0].device.type
+        autocast_state = (
+            device_type,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        leaves = [None if v is None else v.requires_grad_() for v in full]
+        loss = self.loss_from_embeddings(
+            leaves[0], full_masks[0], leaves[1], full_masks[1], leaves[2], full_masks[2]
+        )
+        targets = [v for v in leaves if v is not None]
+        if self.learnable_temperature:
+            targets.append(self.log_temperature)
+        grads = torch.autograd.grad(loss, targets)
+        part_grads = [None, None, None]
+        for i, g in zip([i for i, v in enumerate(leaves) if v is not None], grads, strict=False):
+            part_grads[i] = g
+        temperature_grad = grads[-1] if self.learnable_temperature else None
+        out = loss.detach().requires_grad_()
+        out.register_hook(partial(self._backward, chunks, part_grads, temperature_grad, autocast_state))
+        return out
+
+    def _backward(
+        self,
+        chunks: list[_Chunk],
+        part_grads: list[torch.Tensor | None],
+        temperature_grad: torch.Tensor | None,
+        autocast_state: tuple[str, bool, torch.dtype],
+        grad_output: torch.Tensor,
+    ) -> None:
+        device_type, enabled, dtype = autocast_state
+        no_sync = getattr(self.model, "no_sync", None)
+        last = len(chunks) - 1
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for i, chunk in enumerate(chunks):
+                grad = part_grads[chunk.part]
+                assert grad is not None
+                sync = contextlib.nullcontext() if no_sync is None or i == last else no_sync()
+                with sync, chunk.rng:
+                    v, _ = embed(self.model, chunk.batch, chunk.role)
+                    torch.autograd.backward(v, grad[chunk.rows] * grad_output.to(grad.dtype))
+        if temperature_grad is not None:
+            g = all_reduce_mean_((temperature_grad * grad_output).detach().clone())
+            param = self.log_temperature
+            param.grad = g if param.grad is None else param.grad + g

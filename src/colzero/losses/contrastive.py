@@ -1,0 +1,115 @@
+"""InfoNCE (contrastive) loss on MaxSim or dot-product scores, documents gathered across ranks.
+
+For query i of the global batch with positive p_i, the candidates C are every positive of the
+global batch followed by every hard negative of the global batch, and
+
+    loss = mean_i  -log( exp(s(q_i, p_i) / tau) / sum_{c in C} exp(s(q_i, c) / tau) )
+
+with s the MaxSim score for ColBERT and the dot product for DenseModel
+(:func:`colzero.losses.scores.score_all_pairs`). Queries stay on their rank; documents
+(positives and negatives) are all-gathered with gradients (:mod:`colzero.losses.gather`), and the
+label of local query i is ``offset + i`` where ``offset = rank * local_batch``.
+
+Inputs: a :class:`colzero.data.batch.ContrastiveBatch` (B queries, B positives, optionally
+``B * n_negatives`` query-major hard negatives). Output: a scalar float32 loss tensor; the trainer
+calls ``loss = fn(batch); loss.backward()`` (same as :class:`CachedContrastive`).
+
+References: van den Oord et al. 2018 (InfoNCE); Khattab & Zaharia 2020 (ColBERT); SPEC §3
+(ColBERT-Zero phases 1-2: tau 0.02 / 0.2, in-batch + hard negatives, gathered documents);
+sentence-transformers ``MultipleNegativesRankingLoss`` and PyLate ``losses.Contrastive`` (same
+candidate layout up to column order, which does not change the loss).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from colzero.data.batch import ContrastiveBatch
+from colzero.losses.gather import all_reduce_mean_, gather_documents, world
+from colzero.losses.scores import embed, score_all_pairs
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+
+class Contrastive(nn.Module):
+    """InfoNCE over in-batch positives and hard negatives (see module docstring).
+
+    Args:
+        model: a ColBERT or DenseModel, possibly wrapped in DistributedDataParallel. It is *not*
+            registered as a submodule: ``fn.parameters()`` yields only the loss's own parameters
+            (the temperature when learnable), so an optimizer is built from
+            ``[*model.parameters(), *fn.parameters()]``.
+        temperature: tau (scores are divided by it).
+        learnable_temperature: make ``log(tau)`` a parameter (its gradient is averaged over ranks
+            by a hook, since DDP does not see it).
+        gather_across_devices: all-gather documents across ranks when torch.distributed is
+            initialised (no-op otherwise).
+        budget_bytes: memory budget of one MaxSim similarity chunk.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        temperature: float = 0.02,
+        learnable_temperature: bool = False,
+        gather_across_devices: bool = True,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        object.__setattr__(self, "model", model)  # not a submodule (see class docstring)
+        self.gather_across_devices = gather_across_devices
+        self.budget_bytes = budget_bytes
+        self.learnable_temperature = learnable_temperature
+        log_t = torch.tensor(math.log(temperature), dtype=torch.float32)
+        if learnable_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+            self.log_temperature.register_post_accumulate_grad_hook(_average_grad_over_ranks)
+        else:
+            self.register_buffer("log_temperature", log_t, persistent=False)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, batch: ContrastiveBatch) -> torch.Tensor:
+        """The loss of one batch; ``loss.backward()`` gives every gradient."""
+        q, qm = embed(self.model, batch.queries, "query")
+        p, pm = embed(self.model, batch.positives, "document")
+        n = nm = None
+        if batch.negatives is not None and batch.n_negatives > 0:
+            n, nm = embed(self.model, batch.negatives, "document")
+        return self.loss_from_embeddings(q, qm, p, pm, n, nm)
+
+    def loss_from_embeddings(
+        self,
+        q: torch.Tensor,
+        q_mask: torch.Tensor | None,
+        pos: torch.Tensor,
+        pos_mask: torch.Tensor | None,
+        neg: torch.Tensor | None = None,
+        neg_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """InfoNCE from local embeddings (gathering documents across ranks when enabled)."""
+        if pos.shape[0] != q.shape[0]:
+            raise ValueError(f"{q.shape[0]} queries but {pos.shape[0]} positives")
+        offset = 0
+        if self.gather_across_devices and world()[1] > 1:
+            pos, pos_mask, offset = gather_documents(pos, pos_mask)
+            if neg is not None:
+                neg, neg_mask, _ = gather_documents(neg, neg_mask)
+        scores = [score_all_pairs(q, q_mask, pos, pos_mask, budget_bytes=self.budget_bytes)]
+        if neg is not None:
+            scores.append(score_all_pairs(q, q_mask, neg, neg_mask, budget_bytes=self.budget_bytes))
+        logits = torch.cat(scores, dim=1) / self.temperature
+        labels = torch.arange(q.shape[0], device=q.device) + offset
+        return F.cross_entropy(logits, labels)
+
+
+def _average_grad_over_ranks(param: torch.Tensor) -> None:
+    if param.grad is not None:
+        all_reduce_mean_(param.grad)

@@ -1,0 +1,99 @@
+"""Scoring embeddings for the losses: one code path for ColBERT and DenseModel outputs.
+
+``model.embed(batch, role)`` returns ``(vectors, mask)``:
+
+- ColBERT: vectors ``(B, L, dim)`` (L2-normalised token vectors) and a bool scoring mask ``(B, L)``;
+  the score is MaxSim, ``s(q, d) = sum_i max_j <q_i, d_j>`` over scoring positions
+  (:mod:`colzero.scoring.maxsim`, chunked, memory bounded by ``budget_bytes``).
+- DenseModel: vectors ``(B, hidden)`` and mask ``None``; the score is the dot product
+  ``s(q, d) = <q, d>`` (the cosine when the model normalises).
+
+The rank of the vector tensor decides the score, never the model class, so wrapped models
+(DDP, compiled) work the same.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from colzero.model.base import TokenizedBatch
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, maxsim_all_pairs, maxsim_nway
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper (or the model)."""
+    return getattr(model, "module", model)
+
+
+def embed(
+    model: torch.nn.Module, batch: TokenizedBatch, role: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model.embed(batch, role)``, going through ``model.__call__`` when ``model`` is wrapped.
+
+    A DistributedDataParallel wrapper only synchronises gradients of forwards that run through
+    its own ``forward``; calling ``ddp.module.embed`` would silently skip the all-reduce. So for
+    a wrapped model the vectors come from ``model(**inputs)`` (ColBERT/DenseModel ``forward``)
+    and the scoring mask from the inner model's ``scoring_mask`` (ColBERT only).
+    """
+    inner = unwrap(model)
+    if inner is model:
+        return model.embed(batch, role)
+    vectors = model(**batch.model_inputs())
+    if vectors.dim() == 2:
+        return vectors, None
+    return vectors, inner.scoring_mask(batch.input_ids, batch.attention_mask, role)
+
+
+def _check_pair(q_vecs: torch.Tensor, d_vecs: torch.Tensor) -> None:
+    if q_vecs.dim() != d_vecs.dim():
+        raise ValueError(
+            f"query vectors {tuple(q_vecs.shape)} and document vectors {tuple(d_vecs.shape)} "
+            "must both be multi-vector (3-d) or both single-vector (2-d)"
+        )
+
+
+def score_all_pairs(
+    q_vecs: torch.Tensor,
+    q_mask: torch.Tensor | None,
+    d_vecs: torch.Tensor,
+    d_mask: torch.Tensor | None,
+    *,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """Every query against every document -> ``(Nq, Nd)`` float32.
+
+    Multi-vector ``(N, L, dim)`` inputs use MaxSim (``d_mask`` required, ``q_mask`` optional:
+    masked query positions add 0); single-vector ``(N, dim)`` inputs use the dot product.
+    """
+    _check_pair(q_vecs, d_vecs)
+    if q_vecs.dim() == 2:
+        return (q_vecs @ d_vecs.T).float()
+    if d_mask is None:
+        d_mask = torch.ones(d_vecs.shape[:2], dtype=torch.bool, device=d_vecs.device)
+    return maxsim_all_pairs(q_vecs, d_vecs, d_mask, q_mask, budget_bytes=budget_bytes)
+
+
+def score_nway(
+    q_vecs: torch.Tensor,
+    q_mask: torch.Tensor | None,
+    d_vecs: torch.Tensor,
+    d_mask: torch.Tensor | None,
+    n_way: int,
+    *,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """Each query against its own ``n_way`` candidates -> ``(B, n_way)`` float32.
+
+    ``d_vecs`` rows are query-major: row ``i * n_way + k`` is candidate k of query i
+    (``(B * n_way, L, dim)`` multi-vector or ``(B * n_way, dim)`` single-vector).
+    """
+    _check_pair(q_vecs, d_vecs)
+    b = q_vecs.shape[0]
+    if d_vecs.shape[0] != b * n_way:
+        raise ValueError(f"{d_vecs.shape[0]} candidate rows for {b} queries x {n_way} candidates")
+    if q_vecs.dim() == 2:
+        return torch.einsum("bh,bkh->bk", q_vecs, d_vecs.view(b, n_way, -1)).float()
+    if d_mask is None:
+        d_mask = torch.ones(d_vecs.shape[:2], dtype=torch.bool, device=d_vecs.device)
+    docs = d_vecs.view(b, n_way, *d_vecs.shape[1:])
+    return maxsim_nway(q_vecs, docs, d_mask.view(b, n_way, -1), q_mask, budget_bytes=budget_bytes)
