@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 def _cases():
-    from _loss_helpers import contrastive_texts, texts
+    from test_losses_helpers import contrastive_texts, texts
 
     q, p, n = contrastive_texts(B, N_NEG, seed=20)
     dq, dd = texts(B, 30, 2, 6), texts(B * K, 31, 3, 20)
@@ -58,7 +58,7 @@ def _losses(model):
 
 def _step(kind, name, rows, world_size):
     """Build a fresh model, run one step of loss `name` on query rows `rows`; return loss, grads."""
-    from _loss_helpers import contrastive_batch, distillation_batch
+    from test_losses_helpers import contrastive_batch, distillation_batch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def distributed_results(tmp_path_factory):
 
 @pytest.mark.parametrize(("kind", "name"), CONFIGS)
 def test_two_ranks_equal_full_batch(distributed_results, kind, name):
-    from _loss_helpers import assert_grads_close
+    from test_losses_helpers import assert_grads_close
 
     torch.set_num_threads(1)
     ref_loss, ref = _step(kind, name, list(range(B)), 1)

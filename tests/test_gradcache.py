@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _loss_helpers import (
+from conftest import make_colbert, make_dense
+from test_losses_helpers import (
     assert_grads_close,
     contrastive_batch,
     contrastive_texts,
@@ -12,7 +13,6 @@ from _loss_helpers import (
     one_thread,
     set_dropout,
 )
-from conftest import make_colbert, make_dense
 
 from colzero.losses import CachedContrastive, Contrastive
 from colzero.losses.scores import embed

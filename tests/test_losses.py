@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _loss_helpers import contrastive_batch, contrastive_texts, distillation_batch, one_thread, texts
 from conftest import make_colbert, make_dense
+from test_losses_helpers import contrastive_batch, contrastive_texts, distillation_batch, one_thread, texts
 
 from colzero.losses import Contrastive, Distillation, kl_distillation, score_all_pairs, score_nway
 
