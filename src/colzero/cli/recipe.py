@@ -1,0 +1,122 @@
+"""``colzero train RECIPE`` (run a recipe or preset) and ``colzero recipes`` (list presets)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="run a training recipe (TOML file or preset name), all phases")
+    p.add_argument("recipe", help="a recipe .toml file or a preset name (see `colzero recipes`)")
+    p.add_argument("--output", "-o", default=None, help="run folder (default runs/<recipe name>)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation of each phase")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a recipe key, e.g. --set 'phases={\"max_steps\":2}' (repeatable)",
+    )
+    p.set_defaults(func=_train)
+    r = subparsers.add_parser("recipes", help="list the shipped recipe presets")
+    r.add_argument("--show", metavar="NAME", help="print one preset's TOML")
+    r.set_defaults(func=_recipes)
+
+
+def _overrides(items: list[str]) -> dict:
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=JSON, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parsed
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from colzero.training.cost import render_eval_table, render_table
+    from colzero.training.pipeline import ndcg10, run_recipe
+
+    console = Console()
+    result = run_recipe(
+        args.recipe,
+        args.output,
+        dry_run=args.dry_run,
+        overrides=_overrides(args.set),
+        evaluate=not args.no_eval,
+    )
+    if args.dry_run:
+        table = Table(title=f"plan: {args.recipe} -> {result.run_dir}")
+        for col in (
+            "phase",
+            "start",
+            "loss",
+            "τ",
+            "lr",
+            "global batch",
+            "epochs/max",
+            "lengths q/d",
+            "sources",
+        ):
+            table.add_column(col)
+        for row in result.plan:
+            table.add_row(
+                row["phase"],
+                str(row["start"]),
+                row["loss"],
+                str(row["temperature"] or "-"),
+                f"{row['lr']:g}",
+                str(row["global_batch"]),
+                f"{row['epochs']}/{row['max_steps'] or '-'}",
+                _lengths(row["settings"]),
+                ", ".join(row["sources"]),
+            )
+        console.print(table)
+        console.print("recipe is valid (dry run: nothing trained)")
+        return 0
+    console.print(render_table(result.cost))
+    if result.evaluation:
+        console.print(
+            render_eval_table(
+                {k: {d: ndcg10(s) or 0.0 for d, s in v.items()} for k, v in result.evaluation.items()}
+            )
+        )
+    console.print(f"final model: {result.final_model}  (wall time this run {result.wall_time_s:,.0f} s)")
+    return 0
+
+
+def _lengths(settings: dict) -> str:
+    if "max_length" in settings:
+        return str(settings["max_length"])
+    return f"{settings.get('query_length', '-')}/{settings.get('document_length', '-')}"
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from colzero.training.recipe import preset_description, preset_names, preset_text
+
+    if args.show:
+        print(preset_text(args.show), end="")
+        return 0
+    table = Table(title="colzero recipe presets")
+    table.add_column("name")
+    table.add_column("description")
+    for name in preset_names():
+        table.add_row(name, preset_description(name))
+    Console().print(table)
+    return 0

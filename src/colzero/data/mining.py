@@ -1,0 +1,161 @@
+"""Hard-negative mining for (query, positive) data with BM25 (``bm25s``) and/or a colzero model.
+
+Candidates are the top-k of each retriever (merged, in rank order), **positives excluded**. Then a
+score-margin filter drops likely false negatives, using the retriever score of the candidate and of
+the query's best positive (per retriever; a candidate found by both is judged by the model when
+there is one):
+
+- ``margin_mode="relative"`` (default, NV-Retriever's "TopK-PercPos"): drop a negative whose score
+  is above ``margin × positive score`` (``margin=0.95`` keeps negatives scoring below 95 % of the
+  positive).
+- ``margin_mode="absolute"``: drop a negative whose score is above ``positive score − margin``
+  (i.e. within ``margin`` of, or above, the positive).
+- ``margin=None``: no filtering.
+
+Output rows: the input row plus ``neg`` (ids) and ``neg_source`` (id → "bm25" | "model" | "both").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from colzero.data.pairs import read_jsonl, write_jsonl
+from colzero.data.teacher import load_corpus
+
+logger = logging.getLogger(__name__)
+
+
+def bm25_search(corpus: dict[str, str], queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    import bm25s
+
+    ids = list(corpus)
+    retriever = bm25s.BM25()
+    retriever.index(
+        bm25s.tokenize([corpus[i] for i in ids], stopwords="en", show_progress=False), show_progress=False
+    )
+    k = min(k, len(ids))
+    docs, scores = retriever.retrieve(
+        bm25s.tokenize(list(queries), stopwords="en", show_progress=False), k=k, show_progress=False
+    )
+    return [
+        [(ids[int(d)], float(s)) for d, s in zip(dr, sr, strict=True)]
+        for dr, sr in zip(docs, scores, strict=True)
+    ]
+
+
+def model_search(
+    model_path: str | Path, corpus: dict[str, str], queries: Sequence[str], k: int, batch_size: int = 32
+) -> tuple[list[list[tuple[str, float]]], Any]:
+    """Exact top-k with a colzero model (MaxSim for ColBERT, dot for dense). Returns hits and a
+    scorer ``f(query_index, doc_ids) -> scores`` for positive scores."""
+    from colzero import load_model
+    from colzero.model.colbert import ColBERT
+
+    model = load_model(str(model_path))
+    ids = list(corpus)
+    docs = model.encode([corpus[i] for i in ids], role="document", batch_size=batch_size)
+    qs = model.encode(list(queries), role="query", batch_size=batch_size)
+    multi = isinstance(model, ColBERT)
+    index = {d: n for n, d in enumerate(ids)}
+
+    def scores_for(qi: int, doc_rows: Sequence[int]) -> torch.Tensor:
+        q = torch.as_tensor(qs[qi]).float()
+        if multi:
+            return torch.tensor([float((q @ docs[r].float().T).max(1).values.sum()) for r in doc_rows])
+        return docs[list(doc_rows)].float() @ q
+
+    hits = []
+    for qi in range(len(queries)):
+        s = scores_for(qi, range(len(ids)))
+        top = torch.topk(s, min(k, len(ids)))
+        hits.append([(ids[int(i)], float(v)) for v, i in zip(top.values, top.indices, strict=True)])
+
+    def scorer(qi: int, doc_ids: Sequence[str]) -> list[float]:
+        return scores_for(qi, [index[d] for d in doc_ids]).tolist()
+
+    return hits, scorer
+
+
+def keep_negative(score: float, pos_score: float | None, margin: float | None, mode: str) -> bool:
+    if margin is None or pos_score is None:
+        return True
+    if mode == "relative":
+        return score <= margin * pos_score
+    if mode == "absolute":
+        return score <= pos_score - margin
+    raise ValueError(f"margin_mode must be 'relative' or 'absolute', got {mode!r}")
+
+
+def mine(
+    rows: list[dict[str, Any]],
+    corpus: dict[str, str],
+    *,
+    model: str | Path | None = None,
+    bm25: bool = True,
+    k: int = 30,
+    n_negatives: int = 20,
+    margin: float | None = 0.95,
+    margin_mode: str = "relative",
+    query_key: str = "query",
+    positive_key: str = "pos",
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    if not bm25 and model is None:
+        raise ValueError("mining needs bm25=True and/or a model")
+    queries = [str(r[query_key]) for r in rows]
+    positives = [
+        [str(p) for p in (r[positive_key] if isinstance(r[positive_key], list) else [r[positive_key]])]
+        for r in rows
+    ]
+    found: list[dict[str, dict[str, float]]] = [{} for _ in rows]  # qi -> retriever -> {doc: score}
+    pos_best: list[dict[str, float]] = [{} for _ in rows]
+    if bm25:
+        # a large enough k that positives are usually in the list: their BM25 score sets the margin
+        hits = bm25_search(corpus, queries, k + 50)
+        for qi, h in enumerate(hits):
+            found[qi]["bm25"] = dict(h[: k + len(positives[qi])])
+            pos = [s for d, s in h if d in positives[qi]]
+            if pos:
+                pos_best[qi]["bm25"] = max(pos)
+    if model is not None:
+        hits, scorer = model_search(model, corpus, queries, k + 10, batch_size)
+        for qi, h in enumerate(hits):
+            found[qi]["model"] = dict(h)
+            known = [p for p in positives[qi] if p in corpus]
+            if known:
+                pos_best[qi]["model"] = max(scorer(qi, known))
+    out = []
+    dropped = 0
+    for qi, row in enumerate(rows):
+        order: list[str] = []
+        source: dict[str, str] = {}
+        for name in ("model", "bm25"):
+            for d in found[qi].get(name, {}):
+                if d in positives[qi]:
+                    continue  # positives are never negatives
+                source[d] = "both" if d in source and source[d] != name else name
+                if d not in order:
+                    order.append(d)
+        negs = []
+        for d in order:
+            judge = "model" if d in found[qi].get("model", {}) else "bm25"
+            if keep_negative(found[qi][judge][d], pos_best[qi].get(judge), margin, margin_mode):
+                negs.append(d)
+            else:
+                dropped += 1
+            if len(negs) >= n_negatives:
+                break
+        out.append({**row, "neg": negs, "neg_source": {d: source[d] for d in negs}})
+    logger.info("mined %d queries; %d candidates dropped by the margin filter", len(out), dropped)
+    return out
+
+
+def mine_file(input: str | Path, documents: str | Path, output: str | Path, **kwargs: Any) -> int:
+    rows = list(read_jsonl(input))
+    corpus = load_corpus(documents)
+    return write_jsonl(output, mine(rows, corpus, **kwargs))

@@ -1,0 +1,367 @@
+"""Run a recipe: data preparation, then phases in order, each from the previous phase's model.
+
+Run folder::
+
+    RUN/recipe.toml            copy of the recipe text (+ recipe.resolved.json, the validated form)
+    RUN/logs/pipeline.log      this module's log (the trainer's metrics are in each phase folder)
+    RUN/data/                  outputs of [[prepare]] steps (skipped when present)
+    RUN/eval/start.json        evaluation of the start model
+    RUN/phase-N-name/          the trainer's output_dir (checkpoint/, final/, cost.json, ...),
+                               eval.json and done.json (the phase is complete: skipped on rerun)
+    RUN/final/                 the last phase's model + README.md model card
+    RUN/summary.json           per-phase cost and evaluation
+
+Resumable after a kill at any point: completed phases are marked done and skipped; the
+interrupted phase resumes through ``run_phase(resume=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from colzero.training import prompts as prompt_tools
+from colzero.training.cost import read_phase_cost, summarize
+from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
+
+logger = logging.getLogger(__name__)
+
+DONE = "done.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_model: Path | None
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------- evaluation
+def evaluate_model(
+    model_path: str | Path, recipe: Recipe, index: int | None = None
+) -> dict[str, dict[str, float]]:
+    """nDCG@10 (and the evaluation module's default metrics) per dataset of ``recipe.evaluation``.
+
+    The model is opened with the settings of phase ``index`` (lengths, prompts) when given.
+    """
+    ev = recipe.evaluation
+    if not ev.datasets:
+        return {}
+    from colzero import load_model
+    from colzero.evaluation.datasets import load_dataset
+    from colzero.evaluation.metrics import compute_metrics
+    from colzero.evaluation.retrieval import RetrievalSettings, retrieve
+
+    settings = recipe.settings_for(index) if index is not None else dict(recipe.model.settings)
+    model = load_model(str(model_path), **_loadable(model_path, settings))
+    out: dict[str, dict[str, float]] = {}
+    for spec in ev.datasets:
+        ds = load_dataset(spec, split=ev.split)
+        rs = RetrievalSettings()
+        for key, value in (("batch_size", ev.batch_size), ("show_progress", False), ("use_cache", False)):
+            if hasattr(rs, key):
+                setattr(rs, key, value)
+        res = retrieve(model, ds, rs)
+        metrics = compute_metrics(ds.qrels, res.run)
+        name = getattr(ds, "name", None) or Path(str(spec)).name
+        out[str(name)] = {k: float(v) for k, v in metrics.items()}
+        logger.info("%s on %s: %s", model_path, name, out[str(name)])
+    return out
+
+
+def _loadable(model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings that the model class found in ``model_path`` accepts."""
+    import dataclasses
+
+    from colzero.model.config import ColBERTConfig, DenseConfig
+    from colzero.model.folder import describe_folder, resolve_model_path
+
+    multi = describe_folder(resolve_model_path(str(model_path))).is_multi_vector
+    cls = ColBERTConfig if multi else DenseConfig
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in settings.items() if k in names}
+
+
+def ndcg10(scores: dict[str, float]) -> float | None:
+    for key in ("ndcg@10", "nDCG@10", "ndcg_cut_10"):
+        if key in scores:
+            return scores[key]
+    return None
+
+
+# ---------------------------------------------------------------------- preparation
+def run_prepare(recipe: Recipe) -> list[Path]:
+    outputs = []
+    for i, step in enumerate(recipe.prepare):
+        out = Path(step.output)
+        outputs.append(out)
+        if out.exists():
+            logger.info("prepare[%d] %s: %s exists, skipped", i, step.tool, out)
+            continue
+        args = dict(step.args)
+        t0 = time.perf_counter()
+        if step.tool == "pairs":
+            from colzero.data.pairs import build_pairs
+
+            n = build_pairs(args.pop("corpus"), out, **args)
+        elif step.tool == "score":
+            from colzero.data.teacher import score_file
+
+            n = score_file(args.pop("model"), args.pop("input"), args.pop("documents"), out, **args)
+        else:
+            from colzero.data.mining import mine_file
+
+            n = mine_file(args.pop("input"), args.pop("documents"), out, **args)
+        logger.info("prepare[%d] %s: %d rows -> %s (%.1f s)", i, step.tool, n, out, time.perf_counter() - t0)
+    return outputs
+
+
+# ---------------------------------------------------------------------- prompts
+def check_static_alignment(recipe: Recipe) -> list[str]:
+    """Consecutive phases must use the same prompts (refused unless allow_prompt_mismatch)."""
+    warnings = []
+    for i in range(1, len(recipe.phases)):
+        if recipe.phases[i].start:
+            continue
+        before = prompt_tools.normalize_prompts(recipe.prompts_for(i - 1))
+        now = prompt_tools.normalize_prompts(recipe.prompts_for(i))
+        if before != now:
+            msg = (
+                f"phase {recipe.phases[i].name!r}: prompts are not aligned with phase "
+                f"{recipe.phases[i - 1].name!r}: the previous phase trains with {prompt_tools.describe(before)}, "
+                f"this phase uses {prompt_tools.describe(now)}. ColBERT-Zero found that misaligned prompts "
+                "cost more than 0.8 nDCG@10 points; set `allow_prompt_mismatch = true` to run anyway."
+            )
+            if not recipe.allow_prompt_mismatch:
+                raise prompt_tools.PromptMismatchError(msg)
+            warnings.append(msg)
+    return warnings
+
+
+def _start_for(recipe: Recipe, index: int, previous: Path | None) -> str:
+    p = recipe.phases[index]
+    if p.start:
+        return p.start
+    return str(previous) if previous is not None else recipe.model.base
+
+
+def _local_path(value: str) -> Path | None:
+    path = Path(value)
+    return path if (path.is_absolute() or value.startswith(".")) else None
+
+
+def _record_history(model_dir: Path, entry: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Append this phase to the ``training.phases`` history in the saved model config."""
+    cfg_file = model_dir / "config_sentence_transformers.json"
+    if not cfg_file.is_file():
+        return
+    cfg = _read_json(cfg_file)
+    block = cfg.setdefault("colzero", {})
+    record = block.setdefault(prompt_tools.RECORD_KEY, {})
+    record["phases"] = [*history, entry]
+    _write_json(cfg_file, cfg)
+
+
+# ---------------------------------------------------------------------- the run
+def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    prev: Path | None = None
+    for i, p in enumerate(recipe.phases):
+        out = run_dir / recipe.phase_dir_name(i)
+        start = _start_for(recipe, i, prev)
+        cfg = recipe.phase_config(i, model=start, output_dir=out)
+        rows.append(
+            {
+                "phase": recipe.phase_dir_name(i),
+                "stage": p.stage,
+                "start": start,
+                "loss": p.loss.kind,
+                "temperature": p.loss.temperature,
+                "lr": p.optim.learning_rate,
+                "global_batch": recipe.global_batch(i),
+                "epochs": p.epochs,
+                "max_steps": p.max_steps,
+                "settings": recipe.settings_for(i),
+                "sources": [s.name for s in p.sources],
+                "config": cfg.to_dict(),
+            }
+        )
+        prev = out / "final"
+    return rows
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    return Path("runs") / recipe_name
+
+
+def run_recipe(
+    recipe_ref: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    overrides: dict[str, Any] | None = None,
+    phase_runner: Callable[..., Path] | None = None,
+    evaluate: bool = True,
+    show_progress: bool = True,
+    console: Any = None,
+) -> RunResult:
+    """Validate ``recipe_ref`` (a TOML path or a preset name) and run it into ``run_dir``."""
+    t_start = time.perf_counter()
+    text, display, _ = read_recipe_text(recipe_ref)
+    probe = load_recipe(recipe_ref, overrides=overrides)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(probe.name)
+    run_dir = run_dir.resolve()
+    recipe = load_recipe(recipe_ref, run_dir=run_dir, overrides=overrides)
+    warnings = check_static_alignment(recipe)
+    result = RunResult(run_dir=run_dir, final_model=None)
+    result.plan = plan(recipe, run_dir)
+    if dry_run:
+        for i, p in enumerate(recipe.phases):
+            start = _start_for(recipe, i, None if i == 0 else run_dir)
+            local = _local_path(start)
+            if i == 0 or p.start:
+                if local is not None and not local.exists():
+                    raise FileNotFoundError(f"{display}: phases[{i}]: start model {local} does not exist")
+                if local is not None:
+                    prompt_tools.check_alignment(
+                        local,
+                        recipe.prompts_for(i),
+                        phase_name=p.name,
+                        allow_mismatch=recipe.allow_prompt_mismatch,
+                    )
+        return result
+
+    resolved = recipe.model_dump(mode="json")
+    if (run_dir / "recipe.resolved.json").exists():
+        before = _read_json(run_dir / "recipe.resolved.json")
+        if before != resolved:
+            raise RecipeError(
+                f"{run_dir} holds a run of a different recipe (recipe.resolved.json differs); "
+                "use another --output folder"
+            )
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "logs" / "pipeline.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("colzero")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        if not (run_dir / "recipe.toml").exists():
+            (run_dir / "recipe.toml").write_text(text, encoding="utf-8")
+        _write_json(run_dir / "recipe.resolved.json", resolved)
+        for w in warnings:
+            logger.warning(w)
+        run_prepare(recipe)
+        if phase_runner is None:
+            from colzero.training.trainer import run_phase as phase_runner  # noqa: N811
+        evaluation: dict[str, dict[str, float]] = {}
+        base_local = _local_path(recipe.model.base)
+        start_eval = run_dir / "eval" / "start.json"
+        if evaluate and recipe.evaluation.evaluate_start and recipe.evaluation.datasets:
+            if start_eval.exists():
+                evaluation["start"] = _read_json(start_eval)
+            elif base_local is not None or Path(recipe.model.base).exists():
+                evaluation["start"] = evaluate_model(recipe.model.base, recipe, 0)
+                _write_json(start_eval, evaluation["start"])
+        previous: Path | None = None
+        history: list[dict[str, Any]] = []
+        for i, p in enumerate(recipe.phases):
+            phase_dir = run_dir / recipe.phase_dir_name(i)
+            done = phase_dir / DONE
+            if done.exists():
+                record = _read_json(done)
+                previous = Path(record["final"])
+                history.append(record["entry"])
+                if (phase_dir / "eval.json").exists():
+                    evaluation[recipe.phase_dir_name(i)] = _read_json(phase_dir / "eval.json")
+                logger.info("%s: done, skipped (%s)", recipe.phase_dir_name(i), previous)
+                result.phases.append({**record, "skipped": True})
+                continue
+            start = _start_for(recipe, i, previous)
+            local = _local_path(start)
+            if local is not None:
+                msg = prompt_tools.check_alignment(
+                    local,
+                    recipe.prompts_for(i),
+                    phase_name=p.name,
+                    allow_mismatch=recipe.allow_prompt_mismatch,
+                )
+                if msg:
+                    logger.warning(msg)
+            cfg = recipe.phase_config(i, model=start, output_dir=phase_dir)
+            logger.info("%s: start from %s", recipe.phase_dir_name(i), start)
+            t0 = time.perf_counter()
+            final = Path(phase_runner(cfg, resume=True, eval_hook=None, show_progress=show_progress))
+            entry = {
+                "phase": p.name,
+                "stage": p.stage,
+                "start": start,
+                "sources": [s.name for s in p.sources],
+                "prompts": prompt_tools.normalize_prompts(recipe.prompts_for(i)),
+                "settings": recipe.settings_for(i),
+            }
+            _record_history(final, entry, history)
+            history.append(entry)
+            if evaluate and recipe.evaluation.each_phase and recipe.evaluation.datasets:
+                evaluation[recipe.phase_dir_name(i)] = evaluate_model(final, recipe, i)
+                _write_json(phase_dir / "eval.json", evaluation[recipe.phase_dir_name(i)])
+            record = {"final": str(final), "entry": entry, "wall_time_s": time.perf_counter() - t0}
+            _write_json(done, record)
+            result.phases.append(record)
+            previous = final
+        assert previous is not None
+        final_dir = run_dir / "final"
+        tmp = run_dir / "final.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(previous, tmp)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        tmp.replace(final_dir)
+        costs = [
+            (recipe.phase_dir_name(i), read_phase_cost(run_dir / recipe.phase_dir_name(i)))
+            for i in range(len(recipe.phases))
+        ]
+        result.cost = summarize(costs)
+        result.evaluation = evaluation
+        result.final_model = final_dir
+        result.wall_time_s = time.perf_counter() - t_start
+        from colzero.training.model_card import write_model_card
+
+        write_model_card(final_dir, recipe, evaluation, result.cost)
+        _write_json(
+            run_dir / "summary.json",
+            {
+                "recipe": recipe.name,
+                "final": str(final_dir),
+                "evaluation": evaluation,
+                "cost": result.cost,
+                "wall_time_s_this_invocation": result.wall_time_s,
+            },
+        )
+        return result
+    finally:
+        root.removeHandler(handler)
+        handler.close()
