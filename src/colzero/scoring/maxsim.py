@@ -107,8 +107,9 @@ def all_pairs_chunks(
 ) -> tuple[int, int]:
     """(query chunk, document chunk) with chunk_q * chunk_d * lq * ld <= max_elements."""
     pairs = max(1, max_elements // max(1, lq * ld))
+    n_queries, n_documents = max(1, n_queries), max(1, n_documents)  # empty side: one (empty) chunk
     if n_queries * n_documents <= pairs:
-        return max(1, n_queries), max(1, n_documents)
+        return n_queries, n_documents
     doc_chunk = min(n_documents, max(1, pairs // min(n_queries, 64)))
     query_chunk = min(n_queries, max(1, pairs // doc_chunk))
     return query_chunk, doc_chunk
