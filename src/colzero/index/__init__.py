@@ -1,0 +1,18 @@
+"""PLAID-style multi-vector index: residual compression, inverted lists, atomic storage."""
+
+from colzero.index.codec import ResidualCodec, default_num_centroids
+from colzero.index.exact import exact_search, index_recall_against_exact, recall_at_k
+from colzero.index.plaid import Index, IndexCorruptError, ModelMismatchError, SearchSettings, iter_documents
+
+__all__ = [
+    "Index",
+    "IndexCorruptError",
+    "ModelMismatchError",
+    "ResidualCodec",
+    "SearchSettings",
+    "default_num_centroids",
+    "exact_search",
+    "index_recall_against_exact",
+    "iter_documents",
+    "recall_at_k",
+]

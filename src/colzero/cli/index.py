@@ -1,0 +1,132 @@
+"""``colzero index build|add|delete|stats`` and ``colzero search``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _load_model(name: str | None, index_path: str | None = None):
+    from colzero import load_model
+
+    if name is None and index_path is not None:
+        from pathlib import Path
+
+        meta = json.loads((Path(index_path) / "metadata.json").read_text())
+        name = meta.get("model_name")
+        if not name:
+            raise ValueError(f"{index_path}: no model recorded in metadata.json; pass --model")
+    return load_model(name).eval()
+
+
+def _build(args: argparse.Namespace) -> int:
+    from colzero.index import Index, SearchSettings
+
+    model = _load_model(args.model)
+    idx = Index.build(
+        model,
+        args.corpus,
+        args.output,
+        nbits=args.nbits,
+        n_centroids=args.centroids,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        store_texts=args.store_texts,
+        settings=SearchSettings(nprobe=args.nprobe, ncandidates=args.ncandidates),
+        model_name=args.model,
+    )
+    print(json.dumps(idx.stats()))
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from colzero.index import Index
+
+    idx = Index.load(args.index, _load_model(args.model, args.index))
+    print(json.dumps({"added": idx.add(args.corpus, batch_size=args.batch_size), "documents": len(idx)}))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from colzero.index import Index
+
+    ids = list(args.ids)
+    if args.ids_file:
+        with open(args.ids_file, encoding="utf-8") as f:
+            ids += [line.strip() for line in f if line.strip()]
+    idx = Index.load(args.index)
+    try:
+        n = idx.delete(ids, missing="ignore" if args.ignore_missing else "error")
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from exc
+    print(json.dumps({"deleted": n, "documents": len(idx)}))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from colzero.index import Index
+
+    print(json.dumps(Index.load(args.index, verify=True).stats(), indent=2))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from colzero.index import Index
+
+    idx = Index.load(args.index, _load_model(args.model, args.index))
+    results = idx.search(
+        list(args.query), k=args.k, nprobe=args.nprobe, ncandidates=args.ncandidates, rerank=args.rerank
+    )
+    for q, hits in zip(args.query, results, strict=True):
+        json.dump({"query": q, "results": [{"id": d, "score": round(s, 4)} for d, s in hits]}, sys.stdout)
+        sys.stdout.write("\n")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("index", help="build and update a PLAID-style index")
+    sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+
+    b = sub.add_parser("build", help="encode a corpus (JSONL: _id, title, text) into an index folder")
+    b.add_argument("--model", required=True)
+    b.add_argument("--corpus", required=True)
+    b.add_argument("--output", required=True)
+    b.add_argument("--nbits", type=int, choices=(2, 4), default=2)
+    b.add_argument(
+        "--centroids", type=int, default=None, help="default: PLAID's 2**floor(log2(16 sqrt(#tokens)))"
+    )
+    b.add_argument("--chunk-size", type=int, default=4096)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--nprobe", type=int, default=4)
+    b.add_argument("--ncandidates", type=int, default=256)
+    b.add_argument("--store-texts", action="store_true", help="keep texts (enables rerank=exact)")
+    b.set_defaults(func=_build)
+
+    a = sub.add_parser("add", help="add documents (new segment, existing centroids)")
+    a.add_argument("index")
+    a.add_argument("--corpus", required=True)
+    a.add_argument("--model", default=None, help="default: the model recorded at build")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.set_defaults(func=_add)
+
+    d = sub.add_parser("delete", help="delete documents by id (tombstones)")
+    d.add_argument("index")
+    d.add_argument("ids", nargs="*")
+    d.add_argument("--ids-file", default=None)
+    d.add_argument("--ignore-missing", action="store_true")
+    d.set_defaults(func=_delete)
+
+    s = sub.add_parser("stats", help="verify checksums and print sizes")
+    s.add_argument("index")
+    s.set_defaults(func=_stats)
+
+    q = subparsers.add_parser("search", help="search an index")
+    q.add_argument("index")
+    q.add_argument("query", nargs="+")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--model", default=None, help="default: the model recorded at build")
+    q.add_argument("--nprobe", type=int, default=None)
+    q.add_argument("--ncandidates", type=int, default=None)
+    q.add_argument("--rerank", choices=("exact",), default=None)
+    q.set_defaults(func=_search)
