@@ -34,9 +34,10 @@ def budget_elements(budget_bytes: int, dtype: torch.dtype) -> int:
 
 def _reduce(sim: torch.Tensor, doc_mask: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
     """sim (..., Lq, K, Ld) masked on Ld, max over Ld, fp32 sum over Lq -> (..., K)."""
-    sim = sim.masked_fill_(
-        ~doc_mask, torch.finfo(sim.dtype).min
-    )  # in place: matmul backward does not need it
+    if not bool(doc_mask.all()):  # skip a full pass over sim when nothing is masked
+        sim = sim.masked_fill_(
+            ~doc_mask, torch.finfo(sim.dtype).min
+        )  # in place: matmul backward does not need it
     best = sim.max(dim=-1).values  # (..., Lq, K)
     if query_mask is not None:
         best = best.masked_fill(~query_mask.unsqueeze(-1), 0)

@@ -1,0 +1,83 @@
+"""``colzero evaluate MODEL... --datasets PATH...``: exact-search BEIR evaluation and reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate models on retrieval datasets (nDCG@10, MRR@10, Recall@100, MAP@100)",
+        description="Exact search (MaxSim for ColBERT, dot/cosine for dense models); corpus embeddings "
+        "are cached on disk. Prints a datasets x models table, writes results.json, results.md and one "
+        "PNG per dataset into --output.",
+    )
+    p.add_argument("models", nargs="+", help="model folders or hub names (ColBERT or dense)")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        help="BEIR folders, MS MARCO TSV folders, local HF folders, or hub names (hf:BeIR/scifact)",
+    )
+    p.add_argument("--split", default="test")
+    p.add_argument("--output", type=Path, default=Path("eval-results"), help="report folder")
+    p.add_argument("-k", type=int, default=100, help="hits per query (default 100)")
+    p.add_argument("--query-length", type=int, default=None)
+    p.add_argument("--document-length", type=int, default=None)
+    p.add_argument("--query-prompt", default=None, help="text prepended to queries ('' = none)")
+    p.add_argument("--document-prompt", default=None)
+    p.add_argument(
+        "--per-dataset",
+        default=None,
+        help='JSON of per-dataset overrides, e.g. \'{"arguana": {"query_length": 64}}\'',
+    )
+    p.add_argument("--preset", choices=["colbert-zero"], default=None, help="per-dataset query lengths")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument(
+        "--keep-self-hits", action="store_true", help="let a query retrieve the document with its id"
+    )
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from colzero.evaluation import RetrievalSettings, evaluate
+
+    settings = RetrievalSettings(
+        k=args.k,
+        query_length=args.query_length,
+        document_length=args.document_length,
+        query_prompt=args.query_prompt,
+        document_prompt=args.document_prompt,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        remove_self_hits=not args.keep_self_hits,
+        use_cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        show_progress=args.progress,
+    )
+    per_dataset = json.loads(args.per_dataset) if args.per_dataset else None
+    results = evaluate(
+        args.models,
+        args.datasets,
+        settings=settings,
+        per_dataset=per_dataset,
+        preset=args.preset,
+        split=args.split,
+        output_dir=args.output,
+        plots=not args.no_plots,
+        device=args.device,
+    )
+    for metric in results.metrics:
+        print(results.table(metric))
+        print()
+    print("wrote", ", ".join(results.files.values()))
+    return 0

@@ -1,0 +1,423 @@
+"""Exact retrieval for evaluation: encode (with an on-disk corpus cache), search, return runs.
+
+ColBERT: MaxSim over every document (:func:`colzero.scoring.topk.maxsim_topk` on length-sorted
+groups of documents, padded per group). DenseModel: dot product (cosine for normalised models),
+chunked top-k. Memory stays bounded by the group size and the MaxSim byte budget; the corpus
+vectors can be memory-mapped from the cache.
+
+Cache entries live in ``cache_dir`` (default ``$COLZERO_CACHE/embeddings`` or
+``~/.cache/colzero/embeddings``), one folder per key = sha256 of (model fingerprint, corpus
+content hash, document length, document prompt, precision, storage dtype, format version).
+Each folder holds ``vectors.npy`` (tokens x dim, or docs x dim for dense), ``offsets.npy``
+(ColBERT: docs + 1) and ``meta.json``; it is written to a temporary folder and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from colzero.evaluation.datasets import RetrievalDataset
+from colzero.model.colbert import ColBERT
+from colzero.model.dense import DenseModel
+from colzero.model.precision import Precision, resolve_precision
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+from colzero.scoring.topk import maxsim_topk
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+#: per-dataset query lengths used by some ColBERT-Zero models (SPEC section 4); opt-in preset
+QUERY_LENGTH_PRESETS: dict[str, dict[str, int]] = {
+    "colbert-zero": {
+        "scifact": 48,
+        "trec-covid": 48,
+        "trec_covid": 48,
+        "trec-covid-beir": 48,
+        "scidocs": 48,
+        "arguana": 64,
+        "climate-fever": 64,
+        "climatefever": 64,
+    }
+}
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("COLZERO_CACHE")
+    return Path(root) / "embeddings" if root else Path.home() / ".cache" / "colzero" / "embeddings"
+
+
+@dataclass
+class RetrievalSettings:
+    """How one dataset is searched. ``None`` lengths/prompts mean the model's own settings."""
+
+    k: int = 100
+    query_length: int | None = None
+    document_length: int | None = None
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    batch_size: int = 32
+    precision: Precision = "auto"
+    remove_self_hits: bool = True
+    use_cache: bool = True
+    cache_dir: str | os.PathLike[str] | None = None
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    #: documents per length-sorted group (ColBERT) / per score chunk (dense)
+    doc_group: int = 2048
+    budget_bytes: int = 256 * 1024**2
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}")
+        for name in ("query_length", "document_length"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 2):
+                raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+
+    def replace(self, **changes: Any) -> RetrievalSettings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def preset_settings(settings: RetrievalSettings, dataset_name: str, preset: str | None) -> RetrievalSettings:
+    """Apply a per-dataset query-length preset (only where the caller set no query length)."""
+    if not preset or settings.query_length is not None:
+        return settings
+    if preset not in QUERY_LENGTH_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(QUERY_LENGTH_PRESETS)}")
+    table = QUERY_LENGTH_PRESETS[preset]
+    key = dataset_name.lower()
+    for candidate in (key, key.split("[")[0], key.removesuffix("-mini").split("[")[0]):
+        if candidate in table:
+            return settings.replace(query_length=table[candidate])
+    return settings
+
+
+@dataclass
+class RetrievalOutput:
+    run: dict[str, dict[str, float]]
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+    cache_path: str | None = None
+
+
+# ---------------------------------------------------------------------- model helpers
+
+
+def model_fingerprint(model: ColBERT | DenseModel) -> str:
+    """``model.fingerprint()`` where defined, else the same recipe (config + sampled weights)."""
+    if hasattr(model, "fingerprint"):
+        return str(model.fingerprint())
+    h = hashlib.sha256(type(model).__name__.encode())
+    h.update(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().float().cpu().flatten()
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lengths(model: ColBERT | DenseModel, role: str, length: int | None) -> Iterator[None]:
+    """Temporarily encode ``role`` texts with ``length`` tokens."""
+    if length is None:
+        yield
+        return
+    old = model.config
+    if isinstance(model, ColBERT):
+        key = "query_length" if role == "query" else "document_length"
+    else:
+        key = "max_length"
+    model.config = dataclasses.replace(old, **{key: length})
+    try:
+        yield
+    finally:
+        model.config = old
+
+
+def effective_length(model: ColBERT | DenseModel, role: str, settings: RetrievalSettings) -> int:
+    explicit = settings.query_length if role == "query" else settings.document_length
+    if explicit is not None:
+        return explicit
+    if isinstance(model, ColBERT):
+        return model.config.length_for(role)  # type: ignore[arg-type]
+    return model.config.max_length
+
+
+def _encode(model, texts: list[str], role: str, settings: RetrievalSettings, **kw: Any):
+    length = settings.query_length if role == "query" else settings.document_length
+    prompt = settings.query_prompt if role == "query" else settings.document_prompt
+    with _lengths(model, role, length):
+        return model.encode(
+            texts,
+            role,
+            batch_size=settings.batch_size,
+            prompt=prompt,
+            precision=settings.precision,
+            show_progress=settings.show_progress,
+            **kw,
+        )
+
+
+# ---------------------------------------------------------------------- corpus cache
+
+
+def corpus_cache_key(
+    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings
+) -> str:
+    prompt = settings.document_prompt
+    if prompt is None:
+        prompt = model.config.prompt_for("document")
+    payload = {
+        "format": CACHE_FORMAT,
+        "kind": type(model).__name__,
+        "model": model_fingerprint(model),
+        "corpus": dataset.corpus_hash(),
+        "document_length": effective_length(model, "document", settings),
+        "document_prompt": prompt,
+        "precision": resolve_precision(settings.precision, model.device),
+        "storage_dtype": settings.storage_dtype,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class CorpusEmbeddings:
+    vectors: np.ndarray  # (tokens, dim) for ColBERT, (docs, dim) for dense
+    offsets: np.ndarray | None  # (docs + 1,) int64 for ColBERT
+
+
+def _write_atomic(final: Path, emb: CorpusEmbeddings, meta: dict[str, Any]) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        np.save(tmp / "vectors.npy", emb.vectors)
+        if emb.offsets is not None:
+            np.save(tmp / "offsets.npy", emb.offsets)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():  # not a concurrent writer's complete copy
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(path: Path) -> CorpusEmbeddings | None:
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        vectors = np.load(path / "vectors.npy", mmap_mode="r")
+        offsets = np.load(path / "offsets.npy") if (path / "offsets.npy").is_file() else None
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: unreadable cache entry (%s); re-encoding", path, exc)
+        return None
+    return CorpusEmbeddings(vectors, offsets)
+
+
+def encode_corpus(
+    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings
+) -> tuple[CorpusEmbeddings, bool, Path | None]:
+    """(embeddings, cache_hit, cache_path)."""
+    path = None
+    if settings.use_cache:
+        root = Path(settings.cache_dir) if settings.cache_dir is not None else default_cache_dir()
+        path = root / f"{dataset.name.replace('/', '_')}-{corpus_cache_key(model, dataset, settings)}"
+        cached = _read_cache(path)
+        if cached is not None:
+            logger.info("corpus embeddings of %s from cache %s", dataset.name, path)
+            return cached, True, path
+    np_dtype = np.float16 if settings.storage_dtype == "float16" else np.float32
+    if isinstance(model, ColBERT):
+        mats = _encode(model, dataset.corpus_texts, "document", settings, output="list")
+        lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
+        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        vectors = torch.cat(mats).numpy().astype(np_dtype, copy=False)
+        del mats
+        emb = CorpusEmbeddings(vectors, offsets)
+    else:
+        emb = CorpusEmbeddings(
+            _encode(model, dataset.corpus_texts, "document", settings).numpy().astype(np_dtype), None
+        )
+    if path is not None:
+        meta = {
+            "dataset": dataset.name,
+            "source": dataset.source,
+            "n_docs": len(dataset.corpus_ids),
+            "model_class": type(model).__name__,
+            "fingerprint": model_fingerprint(model),
+            "settings": dataclasses.asdict(settings) | {"cache_dir": str(settings.cache_dir)},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        _write_atomic(path, emb, meta)
+    return emb, False, path
+
+
+# ---------------------------------------------------------------------- search
+
+
+def _self_index(dataset: RetrievalDataset, query_ids: list[str]) -> torch.Tensor:
+    pos = {d: i for i, d in enumerate(dataset.corpus_ids)}
+    return torch.tensor([pos.get(q, -1) for q in query_ids], dtype=torch.long)
+
+
+def _merge(best_s, best_i, s, i, k):
+    if best_s is None:
+        return s, i
+    cs, ci = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+    top = cs.topk(min(k, cs.shape[1]), dim=1)
+    return top.values, ci.gather(1, top.indices)
+
+
+def search_colbert(
+    queries: torch.Tensor,
+    queries_mask: torch.Tensor | None,
+    corpus: CorpusEmbeddings,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+    doc_group: int = 2048,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact MaxSim top-k over a flat (tokens, dim) corpus with offsets.
+
+    Documents are sorted by length and scored in groups padded to the group's longest document.
+    Padding repeats each document's last real vector instead of masking: the max over a
+    document's tokens is unchanged, and the MaxSim kernel can skip its masking pass.
+    ``exclude[i]`` (a document index or -1) is never returned for query i.
+    """
+    assert corpus.offsets is not None
+    offsets = corpus.offsets
+    lengths = np.diff(offsets)
+    n = len(lengths)
+    want = min(n, k + (1 if exclude is not None else 0))
+    order = np.argsort(-lengths, kind="stable")
+    queries = queries.float().contiguous()
+    best_s = best_i = None
+    for g in range(0, n, doc_group):
+        idx = order[g : g + doc_group]
+        glen = lengths[idx]
+        width = int(max(1, glen.max()))
+        ar = np.arange(width)
+        safe = np.maximum(glen, 1)
+        pos = offsets[idx][:, None] + np.minimum(ar[None, :], (safe - 1)[:, None])
+        docs = torch.from_numpy(np.ascontiguousarray(corpus.vectors[pos.reshape(-1)], dtype=np.float32))
+        docs = docs.view(len(idx), width, -1)
+        mask = torch.ones((len(idx), width), dtype=torch.bool)
+        if (glen == 0).any():
+            mask[torch.from_numpy(glen == 0)] = False
+        s, li = maxsim_topk(
+            queries,
+            docs,
+            mask,
+            want,
+            queries_mask=queries_mask,
+            doc_chunk=len(idx),
+            budget_bytes=budget_bytes,
+        )
+        gi = torch.from_numpy(idx)[li]
+        best_s, best_i = _merge(best_s, best_i, s, gi, want)
+    return _drop_excluded(best_s, best_i, exclude, k)
+
+
+def _drop_excluded(scores, idx, exclude, k):
+    if exclude is None:
+        return scores[:, :k], idx[:, :k]
+    hit = idx == exclude.unsqueeze(1)
+    scores = scores.masked_fill(hit, float("-inf"))
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    scores, idx = scores.gather(1, order), idx.gather(1, order)
+    return scores[:, :k], idx[:, :k]  # an excluded document left in (k >= corpus) scores -inf
+
+
+def search_dense(
+    queries: torch.Tensor,
+    corpus: CorpusEmbeddings,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+    doc_chunk: int = 16384,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact dot-product top-k, one GEMM per document chunk."""
+    vectors = corpus.vectors
+    n = vectors.shape[0]
+    kk = min(n, k)
+    queries = queries.float()
+    best_s = best_i = None
+    for start in range(0, n, doc_chunk):
+        chunk = torch.from_numpy(np.asarray(vectors[start : start + doc_chunk], dtype=np.float32))
+        s = queries @ chunk.T
+        if exclude is not None:
+            local = exclude - start
+            rows = ((local >= 0) & (local < chunk.shape[0])).nonzero().flatten()
+            if len(rows):
+                s[rows, local[rows]] = float("-inf")
+        top = s.topk(min(kk, s.shape[1]), dim=1)
+        best_s, best_i = _merge(best_s, best_i, top.values, top.indices + start, kk)
+    return best_s, best_i  # an excluded document can only appear (last) with score -inf
+
+
+def retrieve(
+    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings | None = None
+) -> RetrievalOutput:
+    """Encode (corpus from cache when possible) and search; the run maps query id -> {doc id: score}."""
+    settings = settings or RetrievalSettings()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    corpus, hit, path = encode_corpus(model, dataset, settings)
+    timings["encode_corpus_s"] = time.perf_counter() - t0
+    exclude = _self_index(dataset, dataset.query_ids) if settings.remove_self_hits else None
+    if exclude is not None and not (exclude >= 0).any():
+        exclude = None
+    t0 = time.perf_counter()
+    if isinstance(model, ColBERT):
+        q = _encode(model, dataset.query_texts, "query", settings, output="padded")
+        timings["encode_queries_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        qmask = None if bool(q.mask.all()) else q.mask
+        scores, idx = search_colbert(
+            q.embeddings,
+            qmask,
+            corpus,
+            settings.k,
+            exclude=exclude,
+            doc_group=settings.doc_group,
+            budget_bytes=settings.budget_bytes,
+        )
+    else:
+        q = _encode(model, dataset.query_texts, "query", settings)
+        timings["encode_queries_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores, idx = search_dense(
+            q, corpus, settings.k, exclude=exclude, doc_chunk=max(1024, settings.doc_group * 8)
+        )
+    timings["search_s"] = time.perf_counter() - t0
+    ids = dataset.corpus_ids
+    run: dict[str, dict[str, float]] = {}
+    s_list, i_list = scores.tolist(), idx.tolist()
+    for qi, qid in enumerate(dataset.query_ids):
+        run[qid] = {
+            ids[j]: float(v) for v, j in zip(s_list[qi], i_list[qi], strict=True) if v != float("-inf")
+        }
+    return RetrievalOutput(run, timings, hit, str(path) if path else None)
