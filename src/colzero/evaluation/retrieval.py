@@ -78,7 +78,7 @@ class RetrievalSettings:
     cache_dir: str | os.PathLike[str] | None = None
     storage_dtype: Literal["float32", "float16"] = "float32"
     #: documents per length-sorted group (ColBERT) / per score chunk (dense)
-    doc_group: int = 2048
+    doc_group: int = 256
     budget_bytes: int = 256 * 1024**2
     show_progress: bool = False
 
@@ -297,7 +297,7 @@ def search_colbert(
     k: int,
     *,
     exclude: torch.Tensor | None = None,
-    doc_group: int = 2048,
+    doc_group: int = 256,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact MaxSim top-k over a flat (tokens, dim) corpus with offsets.
@@ -409,9 +409,7 @@ def retrieve(
         q = _encode(model, dataset.query_texts, "query", settings)
         timings["encode_queries_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores, idx = search_dense(
-            q, corpus, settings.k, exclude=exclude, doc_chunk=max(1024, settings.doc_group * 8)
-        )
+        scores, idx = search_dense(q, corpus, settings.k, exclude=exclude, doc_chunk=16384)
     timings["search_s"] = time.perf_counter() - t0
     ids = dataset.corpus_ids
     run: dict[str, dict[str, float]] = {}
