@@ -73,6 +73,7 @@ class Teacher:
         if device is not None:
             self.model.to(device)
         self._doc_cache: dict[str, Any] = {}
+        self._query_cache: dict[str, Any] = {}
 
     def kind(self) -> str:
         return "cross-encoder" if self.cross else ("colbert-maxsim" if self.multi else "dense-dot")
@@ -87,6 +88,15 @@ class Teacher:
         vecs = self.model.encode([corpus[i] for i in todo], role="document", batch_size=self.batch_size)
         for i, v in zip(todo, vecs, strict=True):
             self._doc_cache[i] = v
+
+    def encode_queries(self, texts: Sequence[str]) -> None:
+        """Encode (and cache) query vectors in batches (bi-encoders only)."""
+        if self.cross:
+            return
+        todo = [t for t in dict.fromkeys(texts) if t not in self._query_cache]
+        if todo:
+            vecs = self.model.encode(list(todo), role="query", batch_size=self.batch_size)
+            self._query_cache.update(zip(todo, vecs, strict=True))
 
     @torch.inference_mode()
     def score(self, query: str, doc_ids: Sequence[str], corpus: dict[str, str]) -> list[float]:
@@ -106,7 +116,8 @@ class Teacher:
                 out.extend((logits[:, -1] if logits.shape[-1] > 1 else logits[:, 0]).float().tolist())
             return out
         self.encode_documents(doc_ids, corpus)
-        q = self.model.encode([query], role="query", batch_size=1)[0]
+        self.encode_queries([query])
+        q = self._query_cache[query]
         q = torch.as_tensor(q).float()
         scores = []
         for i in doc_ids:
@@ -164,6 +175,9 @@ def score_file(
             break
     teacher = Teacher(model, batch_size=batch_size, max_length=max_length)
     teacher.encode_documents([c for _, _, cands in rows for c in cands], corpus)
+
+    if not teacher.cross:  # encode all queries in one batched call
+        teacher.encode_queries([text for _, text, _ in rows])
 
     def gen():
         for qid, text, cands in rows:
