@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 def default_num_centroids(n_tokens: int) -> int:
@@ -54,7 +55,8 @@ class ResidualCodec:
         shifts = [8 - self.nbits * (j + 1) for j in range(per_byte)]
         idx = np.stack([(vals >> s) & ((1 << self.nbits) - 1) for s in shifts], axis=1)
         self._lut = self.weights.astype(np.float32)[idx]  # (256, per_byte)
-        self._index = None
+        self._lut_t = torch.from_numpy(self._lut.copy())
+        self._centroids_t = torch.from_numpy(self.centroids)
 
     @property
     def dim(self) -> int:
@@ -76,7 +78,7 @@ class ResidualCodec:
         n_centroids: int,
         nbits: int,
         *,
-        niter: int = 20,
+        niter: int = 4,
         seed: int = 0,
         holdout: float = 0.05,
     ) -> ResidualCodec:
@@ -137,8 +139,14 @@ class ResidualCodec:
 
     def decompress(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> np.ndarray:
         """Approximate vectors (n, dim) float32 from codes and packed residuals."""
-        residual = self._lut[packed].reshape(len(codes), self.dim)
-        vectors = self.centroids[codes.astype(np.int64)] + residual
+        return self.decompress_torch(codes, packed, normalize).numpy()
+
+    def decompress_torch(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> torch.Tensor:
+        """As :meth:`decompress`, as a torch tensor (torch's gathers use every core)."""
+        codes_t = torch.from_numpy(np.ascontiguousarray(codes).astype(np.int64))
+        packed_t = torch.from_numpy(np.ascontiguousarray(packed)).long()
+        vectors = self._centroids_t.index_select(0, codes_t)
+        vectors += self._lut_t[packed_t].view(len(codes), self.dim)
         if normalize:
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            vectors = torch.nn.functional.normalize(vectors, dim=1)
         return vectors

