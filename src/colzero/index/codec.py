@@ -116,7 +116,7 @@ class ResidualCodec:
         return cls(centroids, cutoffs, weights, nbits)
 
     # ------------------------------------------------------------------ encode / decode
-    def assign(self, vectors: np.ndarray, batch: int = 32768) -> np.ndarray:
+    def assign(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray:
         """Nearest centroid (max inner product) for each vector."""
         out = np.empty(len(vectors), dtype=np.int64)
         for s in range(0, len(vectors), batch):
