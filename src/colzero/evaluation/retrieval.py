@@ -366,7 +366,7 @@ def search_dense(
     queries = queries.float()
     best_s = best_i = None
     for start in range(0, n, doc_chunk):
-        chunk = torch.from_numpy(np.asarray(vectors[start : start + doc_chunk], dtype=np.float32))
+        chunk = torch.from_numpy(np.array(vectors[start : start + doc_chunk], dtype=np.float32))
         s = queries @ chunk.T
         if exclude is not None:
             local = exclude - start
