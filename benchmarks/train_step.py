@@ -20,15 +20,21 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PYLATE_PY = "/work/pylate-venv/bin/python"
-TRAIN = "/work/shared/data/train/scifact-train-hn/train.jsonl"
-CORPUS = "/work/shared/data/beir/scifact/corpus.jsonl"
+SHARED = Path(os.environ.get("COLZERO_SHARED", REPO.parent / "shared"))
+# PyLate env as built by ../shared/tools/pylate-env.sh (its default location unless PYLATE_PYTHON is set)
+PYLATE_PY = os.environ.get(
+    "PYLATE_PYTHON", str(Path(tempfile.gettempdir()) / "pylate-venv" / "bin" / "python")
+)
+TRAIN = str(SHARED / "data" / "train" / "scifact-train-hn" / "train.jsonl")
+CORPUS = str(SHARED / "data" / "beir" / "scifact" / "corpus.jsonl")
 
 COMMON = r"""
 import json, resource, sys, time, statistics, os

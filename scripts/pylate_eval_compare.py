@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PYLATE_PYTHON = "/work/pylate-venv/bin/python"
+PYLATE_PYTHON = os.environ.get(
+    "PYLATE_PYTHON", os.path.join(tempfile.gettempdir(), "pylate-venv", "bin", "python")
+)
 METRICS = ["ndcg@10", "mrr@10", "recall@100", "map@100"]
 
 PYLATE_SIDE = r"""
