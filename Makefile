@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(VENV)/bin/colzero demo ../shared/data/beir/scifact-mini
+	HF_HUB_OFFLINE=1 $(VENV)/bin/colzero train quickstart --output runs/quickstart
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
