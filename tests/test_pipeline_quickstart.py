@@ -46,7 +46,10 @@ def test_quickstart_shortened_end_to_end(tmp_path):
             {"max_steps": 2, "batch_size": 8, "save_every": 1},
             {"max_steps": 2, "batch_size": 4, "loss": {"n_candidates": 4}, "save_every": 1},
         ],
-        "evaluation": {"datasets": ["${shared}/data/beir/scifact-mini"]},
+        "evaluation": {
+            "datasets": ["${shared}/data/beir/scifact-mini"],
+            "intermediate_datasets": ["${shared}/data/beir/scifact-mini"],
+        },
     }
     run = tmp_path / "run"
     result = run_recipe("quickstart", run, overrides=overrides, show_progress=False)

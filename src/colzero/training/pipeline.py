@@ -59,24 +59,37 @@ def _read_json(path: Path) -> Any:
 
 # ---------------------------------------------------------------------- evaluation
 def evaluate_model(
-    model_path: str | Path, recipe: Recipe, index: int | None = None
+    model_path: str | Path, recipe: Recipe, index: int | None = None, datasets: list[str] | None = None
 ) -> dict[str, dict[str, float]]:
-    """nDCG@10 (and the evaluation module's default metrics) per dataset of ``recipe.evaluation``.
+    """nDCG@10 (and the evaluation module's default metrics) per dataset of ``recipe.evaluation``
+    (or of ``datasets``).
 
     The model is opened with the settings of phase ``index`` (lengths, prompts) when given.
     """
     ev = recipe.evaluation
-    if not ev.datasets:
+    datasets = ev.datasets if datasets is None else datasets
+    if not datasets:
         return {}
     from colzero import load_model
     from colzero.evaluation.datasets import load_dataset
     from colzero.evaluation.metrics import compute_metrics
     from colzero.evaluation.retrieval import RetrievalSettings, retrieve
+    from colzero.training.trainer import load_start_model
 
     settings = recipe.settings_for(index) if index is not None else dict(recipe.model.settings)
-    model = load_model(str(model_path), **_loadable(model_path, settings))
+    if index == 0 and Path(str(model_path)) == Path(str(recipe.model.base)):
+        # the start model as phase 1 sees it: the recipe's model type, with the projection
+        # phase 1 initialises from its seed (an MLM or dense folder is not a ColBERT yet)
+        model = load_start_model(
+            str(model_path),
+            recipe.model.type,
+            _loadable_for(recipe.model.type, settings),
+            recipe.phases[0].seed,
+        )
+    else:
+        model = load_model(str(model_path), **_loadable(model_path, settings))
     out: dict[str, dict[str, float]] = {}
-    for spec in ev.datasets:
+    for spec in datasets:
         ds = load_dataset(spec, split=ev.split)
         rs = RetrievalSettings()
         for key, value in (("batch_size", ev.batch_size), ("show_progress", False), ("use_cache", False)):
@@ -92,14 +105,19 @@ def evaluate_model(
 
 def _loadable(model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
     """Settings that the model class found in ``model_path`` accepts."""
-    import dataclasses
 
-    from colzero.model.config import ColBERTConfig, DenseConfig
     from colzero.model.folder import describe_folder, resolve_model_path
 
     multi = describe_folder(resolve_model_path(str(model_path))).is_multi_vector
-    cls = ColBERTConfig if multi else DenseConfig
-    names = {f.name for f in dataclasses.fields(cls)}
+    return _loadable_for("colbert" if multi else "dense", settings)
+
+
+def _loadable_for(model_type: str, settings: dict[str, Any]) -> dict[str, Any]:
+    import dataclasses
+
+    from colzero.model.config import ColBERTConfig, DenseConfig
+
+    names = {f.name for f in dataclasses.fields(ColBERTConfig if model_type == "colbert" else DenseConfig)}
     return {k: v for k, v in settings.items() if k in names}
 
 
@@ -283,7 +301,9 @@ def run_recipe(
             if start_eval.exists():
                 evaluation["start"] = _read_json(start_eval)
             elif base_local is not None or Path(recipe.model.base).exists():
-                evaluation["start"] = evaluate_model(recipe.model.base, recipe, 0)
+                evaluation["start"] = evaluate_model(
+                    recipe.model.base, recipe, 0, recipe.evaluation.intermediate_datasets
+                )
                 _write_json(start_eval, evaluation["start"])
         previous: Path | None = None
         history: list[dict[str, Any]] = []
@@ -325,7 +345,9 @@ def run_recipe(
             _record_history(final, entry, history)
             history.append(entry)
             if evaluate and recipe.evaluation.each_phase and recipe.evaluation.datasets:
-                evaluation[recipe.phase_dir_name(i)] = evaluate_model(final, recipe, i)
+                last = i == len(recipe.phases) - 1
+                subset = None if last else recipe.evaluation.intermediate_datasets
+                evaluation[recipe.phase_dir_name(i)] = evaluate_model(final, recipe, i, subset)
                 _write_json(phase_dir / "eval.json", evaluation[recipe.phase_dir_name(i)])
             record = {"final": str(final), "entry": entry, "wall_time_s": time.perf_counter() - t0}
             _write_json(done, record)

@@ -139,7 +139,9 @@ class EvaluationSpec(_Strict):
     #: also evaluate the start model and every phase's output (per-phase JSON in the run folder)
     each_phase: bool = True
     evaluate_start: bool = True
-    max_queries: int | None = Field(default=None, ge=1)
+    #: datasets for the start model and the phases before the last (default: all of
+    #: ``datasets``); the final model is always evaluated on every dataset
+    intermediate_datasets: list[str] | None = None
 
 
 class Recipe(_Strict):
