@@ -42,7 +42,13 @@ def test_quickstart_shortened_end_to_end(tmp_path):
             },
         ],
         "phases": [
-            {"max_steps": 2, "batch_size": 16, "loss": {"mini_batch_size": 8}, "save_every": 1},
+            {
+                "max_steps": 2,
+                "batch_size": 16,
+                "loss": {"mini_batch_size": 8},
+                "save_every": 1,
+                "evaluate": True,
+            },
             {"max_steps": 2, "batch_size": 8, "save_every": 1},
             {"max_steps": 2, "batch_size": 4, "loss": {"n_candidates": 4}, "save_every": 1},
         ],

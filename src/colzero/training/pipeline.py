@@ -344,8 +344,13 @@ def run_recipe(
             }
             _record_history(final, entry, history)
             history.append(entry)
-            if evaluate and recipe.evaluation.each_phase and recipe.evaluation.datasets:
-                last = i == len(recipe.phases) - 1
+            last = i == len(recipe.phases) - 1
+            if (
+                evaluate
+                and recipe.evaluation.each_phase
+                and recipe.evaluation.datasets
+                and (last or p.evaluate)
+            ):
                 subset = None if last else recipe.evaluation.intermediate_datasets
                 evaluation[recipe.phase_dir_name(i)] = evaluate_model(final, recipe, i, subset)
                 _write_json(phase_dir / "eval.json", evaluation[recipe.phase_dir_name(i)])

@@ -109,6 +109,8 @@ class PhaseSpec(_Strict):
     save_every: int | None = Field(default=None, ge=1)
     eval_every: int | None = Field(default=None, ge=1)
     eval_datasets: list[str] | None = None
+    #: evaluate this phase's output on the recipe's evaluation sets (the last phase always is)
+    evaluate: bool = True
     drop_last: bool = True
     #: start from this model instead of the previous phase's output (e.g. a dense model)
     start: str | None = None
