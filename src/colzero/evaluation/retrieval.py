@@ -79,7 +79,8 @@ class RetrievalSettings:
     storage_dtype: Literal["float32", "float16"] = "float32"
     #: documents per length-sorted group (ColBERT) / per score chunk (dense)
     doc_group: int = 256
-    budget_bytes: int = 256 * 1024**2
+    #: per-chunk similarity tensor; 32 MB stays cache-resident: 84 vs 48 GFLOP/s at 256 MB (AMD EPYC, 2 threads)
+    budget_bytes: int = 32 * 1024**2
     show_progress: bool = False
 
     def __post_init__(self) -> None:
