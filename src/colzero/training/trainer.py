@@ -343,7 +343,19 @@ def run_phase(
                 (loss / cfg.gradient_accumulation).backward()
                 losses_sum += value.item()
             if world > 1:
-                for p in params:
+                # each rank counted the tokens of its own slice only
+                tokens = torch.tensor([n_tokens], dtype=torch.int64, device=device)
+                dist.all_reduce(tokens)
+                n_tokens = int(tokens.item())
+                # a parameter no rank has a gradient for (e.g. BERT's unused pooler) keeps grad None,
+                # as in one process: a zero gradient would still get AdamW's weight decay
+                has_grad = torch.tensor(
+                    [p.grad is not None for p in params], dtype=torch.int32, device=device
+                )
+                dist.all_reduce(has_grad)
+                for p, used in zip(params, has_grad.tolist(), strict=True):
+                    if not used:
+                        continue
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     dist.all_reduce(p.grad)
@@ -360,7 +372,7 @@ def run_phase(
             cost["wall_s"] += now - t_last
             t_last = now
             cost["examples"] += n_examples * world
-            cost["tokens"] += n_tokens * world
+            cost["tokens"] += n_tokens
             cost["steps"] = global_step
             metrics = {"loss": losses_sum / cfg.gradient_accumulation, "lr": lr}
             if grad_norm is not None:
