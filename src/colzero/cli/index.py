@@ -21,21 +21,26 @@ def _load_model(name: str | None, index_path: str | None = None):
 
 
 def _build(args: argparse.Namespace) -> int:
-    from colzero.index import Index, SearchSettings
+    import os
+
+    from colzero.index import Index, SearchSettings, build_sharded
 
     model = _load_model(args.model)
-    idx = Index.build(
-        model,
-        args.corpus,
-        args.output,
-        nbits=args.nbits,
-        n_centroids=args.centroids,
-        chunk_size=args.chunk_size,
-        batch_size=args.batch_size,
-        store_texts=args.store_texts,
-        settings=SearchSettings(nprobe=args.nprobe, ncandidates=args.ncandidates),
-        model_name=args.model,
-    )
+    kwargs = {
+        "nbits": args.nbits,
+        "n_centroids": args.centroids,
+        "chunk_size": args.chunk_size,
+        "batch_size": args.batch_size,
+        "store_texts": args.store_texts,
+        "settings": SearchSettings(nprobe=args.nprobe, ncandidates=args.ncandidates),
+        "model_name": args.model,
+    }
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank encodes a shard
+        idx = build_sharded(model, args.corpus, args.output, shard_dtype=args.shard_dtype, **kwargs)
+        if idx is None:  # not rank 0: rank 0 built the index and prints its stats
+            return 0
+    else:
+        idx = Index.build(model, args.corpus, args.output, **kwargs)
     print(json.dumps(idx.stats()))
     return 0
 
@@ -84,11 +89,30 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+BUILD_DESCRIPTION = """\
+Encode a corpus (JSONL: _id, title, text) into an index folder, written atomically.
+
+Several processes or GPUs: run the same command under torchrun, e.g.
+
+  torchrun --standalone --nproc-per-node 4 -m colzero.cli.main index build --model M --corpus C --output OUT
+
+Each rank encodes a contiguous shard of the corpus (on cuda:LOCAL_RANK, else the CPU) into a
+temporary file next to OUT; rank 0 then builds the index from them in document order: the index
+a one-process build on the same kind of device writes, up to float16 rounding of the stored
+vectors (--shard-dtype float32: none). Python: colzero.index.build_sharded.
+"""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("index", help="build and update a PLAID-style index")
     sub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
-    b = sub.add_parser("build", help="encode a corpus (JSONL: _id, title, text) into an index folder")
+    b = sub.add_parser(
+        "build",
+        help="encode a corpus (JSONL: _id, title, text) into an index folder",
+        description=BUILD_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("--model", required=True)
     b.add_argument("--corpus", required=True)
     b.add_argument("--output", required=True)
@@ -101,6 +125,12 @@ def register(subparsers) -> None:
     b.add_argument("--nprobe", type=int, default=4)
     b.add_argument("--ncandidates", type=int, default=256)
     b.add_argument("--store-texts", action="store_true", help="keep texts (enables rerank=exact)")
+    b.add_argument(
+        "--shard-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="under torchrun: precision of the temporary per-rank vector files (default float16)",
+    )
     b.set_defaults(func=_build)
 
     a = sub.add_parser("add", help="add documents (new segment, existing centroids)")

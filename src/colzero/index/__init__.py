@@ -3,6 +3,7 @@
 from colzero.index.codec import ResidualCodec, default_num_centroids
 from colzero.index.exact import exact_search, index_recall_against_exact, recall_at_k
 from colzero.index.plaid import Index, IndexCorruptError, ModelMismatchError, SearchSettings, iter_documents
+from colzero.index.sharded import build_sharded
 
 __all__ = [
     "Index",
@@ -10,6 +11,7 @@ __all__ = [
     "ModelMismatchError",
     "ResidualCodec",
     "SearchSettings",
+    "build_sharded",
     "default_num_centroids",
     "exact_search",
     "index_recall_against_exact",
