@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED, gemm_rate, machine_info  # noqa: E402
+from _common import RESULTS, SHARED, gemm_rate, machine_info, print_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -118,6 +118,38 @@ def search_stage(model_dir: Path, data: Path, cache: Path, k: int, repeats: int)
     }
 
 
+def summarize(result: dict) -> None:
+    """Print the end-to-end table (colzero vs PyLate) and the search stage against its floor."""
+    sides = [name for name in ("colzero", "pylate") if name in result]
+    if sides:
+        rows = [
+            [name, result[name]["wall_s"], result[name]["max_rss_mib"]]
+            + [result[name]["metrics"][m] for m in METRICS]
+            for name in sides
+        ]
+        if len(sides) == 2:
+            a, b = (result[name] for name in sides)
+            rows.append(
+                ["colzero / pylate", a["wall_s"] / b["wall_s"], a["max_rss_mib"] / b["max_rss_mib"]]
+                + [a["metrics"][m] - b["metrics"][m] for m in METRICS]
+            )
+        print_table(["side", "wall s", "max RSS MiB", *METRICS], rows)
+    s = result["search"]
+    print_table(
+        ["search stage", "GFLOP", "fp32 GEMM GFLOP/s", "floor s", "search s (min)", "x floor"],
+        [
+            [
+                "colzero exact MaxSim",
+                s["gflop"],
+                s["gemm_gflops_fp32"],
+                s["floor_s"],
+                s["search_s"],
+                s["x_floor"],
+            ]
+        ],
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", type=Path, default=SHARED / "data" / "beir" / "scifact")
@@ -178,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("pylate", json.dumps(result["pylate"]), flush=True)
         result["search"] = search_stage(model, data, cache, args.k, args.repeats)
         print("search", json.dumps(result["search"]), flush=True)
+    summarize(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print("wrote", args.out)
