@@ -111,6 +111,15 @@ def main(argv=None) -> int:
     p.add_argument("--encode-only", action="store_true")
     p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    p.add_argument(
+        "--voyager",
+        nargs="*",
+        default=None,
+        metavar="DATASET",
+        help="also build PyLate 1.6.0's Voyager index (HNSW) on these datasets' cached vectors, "
+        "in PYLATE_PYTHON's venv (bash ../shared/tools/pylate-env.sh; PyLate 1.6.0's Voyager "
+        "needs voyager<2.2 there: 2.2.3 rejects the list PyLate passes to add_items)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     model = None
@@ -127,9 +136,116 @@ def main(argv=None) -> int:
             print(
                 json.dumps({f"{name}/nbits={nbits}": results[f"{name}/nbits={nbits}"]}, indent=1), flush=True
             )
+    for name in args.voyager or []:
+        results[f"{name}/pylate-voyager"] = run_voyager(name, args.cache)
+        print(json.dumps({f"{name}/pylate-voyager": results[f"{name}/pylate-voyager"]}, indent=1), flush=True)
+    print_summary(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def print_summary(results: dict) -> None:
+    from _common import print_table
+
+    rows = []
+    for key, r in results.items():
+        if "index" not in r:
+            continue
+        rows.append(
+            [
+                key,
+                r["build_s"],
+                r["bytes_per_token_vectors"],
+                r.get("peak_rss_mb_after_build", float("nan")),
+                r["exact"]["qps"],
+                r["index"]["qps"],
+                r["speedup_vs_exact"],
+                r["index"]["recall@10_vs_exact"],
+                r["exact"]["ndcg@10"],
+                r["index"]["ndcg@10"],
+            ]
+        )
+    print_table(
+        [
+            "run",
+            "build s",
+            "B/token vec",
+            "peak RSS MB",
+            "exact q/s",
+            "index q/s",
+            "x exact",
+            "R@10 vs exact",
+            "nDCG exact",
+            "nDCG index",
+        ],
+        rows,
+    )
+
+
+VOYAGER_SIDE = r"""
+import json, sys, time, os, resource
+import numpy as np
+from pylate import indexes, retrieve
+cache, folder, out = sys.argv[1:4]
+flat = np.load(cache + "/docs.npy", mmap_mode="r"); lens = np.load(cache + "/doclens.npy")
+queries = np.load(cache + "/queries.npy")
+starts = np.cumsum(lens) - lens
+docs = [np.asarray(flat[s:s + n]) for s, n in zip(starts, lens)]
+ids = [str(i) for i in range(len(docs))]
+t0 = time.perf_counter()
+index = indexes.Voyager(index_folder=folder, index_name="v", override=True, embedding_size=flat.shape[1])
+index.add_documents(documents_ids=ids, documents_embeddings=docs)
+build = time.perf_counter() - t0
+ret = retrieve.ColBERT(index=index)
+ret.retrieve(queries_embeddings=list(queries[:4]), k=10)
+t0 = time.perf_counter()
+res = ret.retrieve(queries_embeddings=list(queries), k=10)
+search = time.perf_counter() - t0
+size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
+json.dump({"build_s": build, "search_s": search, "bytes": size,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "hits": [[int(h["id"]) for h in r] for r in res]}, open(out, "w"))
+"""
+
+
+def run_voyager(name: str, cache: Path, k: int = 10) -> dict:
+    """PyLate's Voyager index (HNSW over every token vector, exact rerank) on the same cached vectors."""
+    import subprocess
+    import tempfile
+
+    from colzero.index import recall_at_k
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from pylate_eval_compare import PYLATE_PYTHON
+
+    if not Path(PYLATE_PYTHON).exists():
+        return {"skipped": f"no PyLate venv at {PYLATE_PYTHON} (bash ../shared/tools/pylate-env.sh DIR)"}
+    doc_ids, flat, doclens, qids, qvecs, qrels, meta = encode_cached(name, cache)
+    ex = _EXACT_CACHE.get(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "voyager.json"
+        proc = subprocess.run(
+            [PYLATE_PYTHON, "-c", VOYAGER_SIDE, str(cache / name), str(Path(tmp) / "idx"), str(out)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            return {"failed": proc.stderr[-2000:]}
+        r = json.loads(out.read_text())
+    n_tok = int(doclens.sum())
+    result = {
+        "build_s": round(r["build_s"], 1),
+        "bytes_per_token_total": round(r["bytes"] / n_tok, 1),
+        "peak_rss_mb": round(r["peak_rss_mb"], 1),
+        "qps": round(len(qids) / r["search_s"], 2),
+        "note": "voyager M=64, ef_construction=200, ef_search=200, k_token=100; PyLate defaults",
+    }
+    if ex is not None:
+        hits = [[(doc_ids[i], 0.0) for i in row] for row in r["hits"]]
+        result[f"recall@{k}_vs_exact"] = round(recall_at_k(hits, ex[0], k), 4)
+        result["speedup_vs_exact"] = round(ex[1] / r["search_s"], 2)
+    return result
 
 
 _EXACT_CACHE: dict = {}
