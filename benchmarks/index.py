@@ -39,9 +39,12 @@ def minilm_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def load_model(doc_len: int = 180):
+def load_model(doc_len: int = 180, path: Path | None = None):
+    """A saved ColBERT folder (``--model``), else MiniLM with a new projection seeded with 0."""
     from colzero import ColBERT
 
+    if path is not None:
+        return ColBERT.from_pretrained(path).eval()
     torch.manual_seed(0)
     return ColBERT.from_pretrained(minilm_dir(), document_length=doc_len).eval()
 
@@ -109,6 +112,12 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", nargs="+", default=["scifact", "vaswani"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/colzero-bench"))
     p.add_argument("--encode-only", action="store_true")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="saved ColBERT folder (e.g. the output of scripts/learn_scifact.py); use its own --cache",
+    )
     p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
     p.add_argument(
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
     model = None
     for name in args.datasets:
         if not (args.cache / name / "done").exists():
-            model = model or load_model()
+            model = model or load_model(path=args.model)
         encode_cached(name, args.cache, model)
     if args.encode_only:
         return 0
