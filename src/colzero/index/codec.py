@@ -142,11 +142,15 @@ class ResidualCodec:
         return self.decompress_torch(codes, packed, normalize).numpy()
 
     def decompress_torch(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> torch.Tensor:
-        """As :meth:`decompress`, as a torch tensor (torch's gathers use every core)."""
-        codes_t = torch.from_numpy(np.ascontiguousarray(codes).astype(np.int64))
-        packed_t = torch.from_numpy(np.ascontiguousarray(packed)).long()
-        vectors = self._centroids_t.index_select(0, codes_t)
-        vectors += self._lut_t[packed_t].view(len(codes), self.dim)
+        """As :meth:`decompress`, as a torch tensor."""
+        # np.take with the narrow (uint16 / uint8) indices as they are is several times faster
+        # than torch's index_select / advanced indexing with int64 copies of them; the in-place
+        # add gives the same floats as ``centroid + residual``
+        codes = np.asarray(codes)
+        packed = np.asarray(packed, dtype=np.uint8)
+        vectors = torch.from_numpy(np.take(self.centroids, codes, axis=0))
+        residual = torch.from_numpy(np.take(self._lut, packed, axis=0))  # (n, bytes, 8 / nbits)
+        vectors.view(residual.shape).add_(residual)
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=1)
         return vectors

@@ -591,60 +591,69 @@ class Index:
     def _search_one(self, q, cs, k, nprobe, ncandidates, rerank):
         nq, C = cs.shape
         nprobe = min(nprobe, C)
-        probe = (
-            np.argpartition(-cs, nprobe - 1, axis=1)[:, :nprobe]
-            if nprobe < C
-            else np.tile(np.arange(C), (nq, 1))
-        )
+        if nprobe < C:
+            probe = torch.topk(torch.from_numpy(cs), nprobe, dim=1, sorted=False).indices.numpy()
+        else:
+            probe = np.tile(np.arange(C), (nq, 1))
         pscore = np.take_along_axis(cs, probe, axis=1)  # (nq, nprobe)
         # stage 1: probe-only centroid MaxSim over the inverted lists
-        starts = self.ivf_offsets[probe.ravel()]
-        lens = self.ivf_offsets[probe.ravel() + 1] - starts
+        probe = probe.ravel()
+        starts = self.ivf_offsets[probe]
+        lens = self.ivf_offsets[probe + 1] - starts
         cand = self.ivf_pids[_ranges(starts, lens)]
         if len(cand) == 0:
             return [], []
         uniq, inv = np.unique(cand, return_inverse=True)
-        live = ~self.deleted[uniq]
-        rows = np.repeat(np.repeat(np.arange(nq), nprobe), lens)
-        floor = pscore.min(axis=1)
-        approx = torch.from_numpy(np.repeat(floor[:, None], len(uniq), axis=1).ravel().copy())
+        nu = len(uniq)
+        rows = np.repeat(np.arange(0, nq * nu, nu).repeat(nprobe), lens)
+        floor = torch.from_numpy(pscore.min(axis=1))
+        approx = floor[:, None].expand(nq, nu).contiguous().view(-1)
         vals = torch.from_numpy(np.repeat(pscore.ravel(), lens))
-        approx.scatter_reduce_(0, torch.from_numpy(rows * len(uniq) + inv), vals, "amax")
-        approx = approx.view(nq, len(uniq)).sum(0).numpy()
-        approx[~live] = -np.inf
+        approx.scatter_reduce_(0, torch.from_numpy(rows + inv), vals, "amax")
+        # numpy adds the rows one after another for every column alike, so documents with the same
+        # per-token values tie exactly (torch's sum over dim 0 rounds the last columns differently)
+        approx = approx.view(nq, nu).numpy().sum(0)
+        approx[self.deleted[uniq]] = -np.inf
         pool = uniq[_top(approx, ncandidates * self.settings.prefilter_factor)]
         pool = pool[~self.deleted[pool]]
         if len(pool) == 0:
             return [], []
-        # stage 2: centroid-only MaxSim with every token code of the pooled documents
+        # stage 2: centroid-only MaxSim with every token code of the pooled documents; np.take
+        # along axis 1 gives a C-ordered (nq, tokens) matrix, so reduceat runs over contiguous rows
+        # (cs[:, codes] is laid out the other way round and makes reduceat ~10x slower)
         if len(pool) > ncandidates:
             pool.sort()
-            toks = _ranges(self.doc_starts[pool], self.doclens[pool])
-            sim = cs[:, self.codes[toks].astype(np.int64)]
-            bounds = np.cumsum(self.doclens[pool]) - self.doclens[pool]
-            cscore = np.maximum.reduceat(sim, bounds, axis=1).sum(0)
+            plens = self.doclens[pool]
+            toks = _ranges(self.doc_starts[pool], plens)
+            sim = np.take(cs, self.codes[toks].astype(np.intp), axis=1)
+            cscore = np.maximum.reduceat(sim, np.cumsum(plens) - plens, axis=1).sum(0)
             pool = pool[_top(cscore, ncandidates)]
-        # stage 3: decompressed MaxSim
+        # stage 3: MaxSim against the decompressed vectors; normalising the vectors is folded into
+        # the (nq, tokens) similarities: (q . v) / |v| instead of q . (v / |v|)
         pool.sort()
         vecs = self._decompress(pool)
-        sim = (torch.from_numpy(q) @ vecs.T).numpy()
-        bounds = np.cumsum(self.doclens[pool]) - self.doclens[pool]
-        scores = np.maximum.reduceat(sim, bounds, axis=1).sum(0)
+        norms = torch.linalg.vector_norm(vecs, dim=1).clamp_min_(1e-12)
+        sim = (torch.from_numpy(q) @ vecs.T).div_(norms).numpy()
+        plens = self.doclens[pool]
+        scores = np.maximum.reduceat(sim, np.cumsum(plens) - plens, axis=1).sum(0)
         best = _top(scores, k if rerank is None else max(k, min(len(pool), 4 * k)))
         pids, scores = pool[best], scores[best]
         if rerank == "exact":
             pids, scores = self._rerank_exact(q, pids, k)
         return pids, scores
 
-    def _decompress(self, pids: np.ndarray) -> np.ndarray:
+    def _decompress(self, pids: np.ndarray) -> torch.Tensor:
+        """Unnormalised decompressed token vectors of the (sorted) ``pids``, (tokens, dim)."""
         parts = []
-        for seg_no in np.unique(self.doc_segment[pids]):
-            sel = pids[self.doc_segment[pids] == seg_no]
+        segs = self.doc_segment[pids]
+        for seg_no in np.unique(segs):
+            sel = pids[segs == seg_no] if len(self.segments) > 1 else pids
             seg = self.segments[seg_no]
             toks = _ranges(self.doc_starts[sel], self.doclens[sel])
             local = toks - self.seg_token_base[seg_no]
-            parts.append(self.codec.decompress_torch(self.codes[toks], np.asarray(seg["residuals"][local])))
-        return torch.cat(parts)
+            packed = np.asarray(np.take(seg["residuals"], local, axis=0))
+            parts.append(self.codec.decompress_torch(self.codes[toks], packed, normalize=False))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _rerank_exact(self, q, pids, k):
         con = _connect(self.path / "docs.sqlite")
@@ -683,7 +692,14 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(k, len(scores))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    if k < len(scores):
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        # argpartition keeps an arbitrary subset of the scores tied with the k-th: keep the
+        # smallest indices instead
+        above = np.flatnonzero(scores > kth)
+        part = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
+    else:
+        part = np.arange(len(scores))
     return part[np.lexsort((part, -scores[part]))]
 
 
