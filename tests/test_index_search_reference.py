@@ -1,6 +1,7 @@
 """Index.search (vectorised) equals a slow, per-document reference of its three stages.
 
-The reference reads each segment's files itself, decodes residuals bit by bit in float64 and
+The reference reads each segment's files itself, decodes residuals in float64 (scalar codec: bit
+by bit; PQ codec: one sub-centroid per byte) and
 walks documents one by one: stage 1 (probe-only centroid MaxSim over the documents holding a
 probed centroid), stage 2 (centroid-only MaxSim over every token code of the pool), stage 3
 (MaxSim on the decompressed, normalised vectors). Ties are broken by the smaller pid, as in
@@ -44,6 +45,11 @@ def _documents(idx: Index) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _decode64(idx: Index, codes: np.ndarray, packed: np.ndarray) -> np.ndarray:
+    if idx.codec.kind == "pq":
+        table = idx.codec.pq_centroids.astype(np.float64)  # (M, 256, dsub)
+        residual = np.concatenate([table[m, packed[:, m]] for m in range(packed.shape[1])], axis=1)
+        v = idx.codec.centroids[codes].astype(np.float64) + residual
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     nbits = idx.codec.nbits
     weights = idx.codec.weights.astype(np.float64)
     per_byte = 8 // nbits
@@ -87,13 +93,16 @@ def reference_search(idx: Index, q: np.ndarray, cs: np.ndarray, k: int, nprobe: 
     return [idx.doc_ids[p] for p in best], [final[p] for p in best]
 
 
-@pytest.mark.parametrize("nbits", [2, 4])
-def test_search_matches_reference(tmp_path, nbits):
+@pytest.mark.parametrize(("codec", "nbits"), [("scalar", 2), ("scalar", 4), ("pq", None)])
+def test_search_matches_reference(tmp_path, codec, nbits):
     model = make_colbert()
     dim = model.config.embedding_dim
-    docs, queries = _clustered(260, dim, seed=nbits)
+    docs, queries = _clustered(260, dim, seed=nbits or 3)
     ids = [f"d{i}" for i in range(len(docs))]
-    idx = Index.build(model, [(i, "") for i in ids], tmp_path / "idx", embeddings=docs, nbits=nbits)
+    idx = Index.build(
+        model, [(i, "") for i in ids], tmp_path / "idx", embeddings=docs, codec=codec, nbits=nbits
+    )
+    assert idx.codec.kind == codec
     rng = np.random.default_rng(1)
     # a second segment (encoded by the model) and some tombstones
     idx.add([(f"t{i}", " ".join(rng.choice(WORDS, rng.integers(3, 12)))) for i in range(40)])

@@ -27,6 +27,7 @@ def _build(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model)
     kwargs = {
+        "codec": args.codec,
         "nbits": args.nbits,
         "n_centroids": args.centroids,
         "chunk_size": args.chunk_size,
@@ -116,7 +117,14 @@ def register(subparsers) -> None:
     b.add_argument("--model", required=True)
     b.add_argument("--corpus", required=True)
     b.add_argument("--output", required=True)
-    b.add_argument("--nbits", type=int, choices=(2, 4), default=2)
+    b.add_argument(
+        "--codec",
+        choices=("pq", "scalar"),
+        default="pq",
+        help="residual codec: pq (default, faiss product quantisation, dim/4 bytes per vector) or "
+        "scalar (ColBERTv2's per-value buckets, --nbits 2 or 4)",
+    )
+    b.add_argument("--nbits", type=int, choices=(2, 4), default=None, help="scalar codec only (default 2)")
     b.add_argument(
         "--centroids", type=int, default=None, help="default: PLAID's 2**floor(log2(16 sqrt(#tokens)))"
     )

@@ -2,13 +2,15 @@
 
 Folder layout (one folder per index)::
 
-    metadata.json      format version, model fingerprint, dim, nbits, #centroids, search defaults,
-                       and {file: [size, sha256]} for the codec files below
-    centroids.npy      (C, dim) float32        bucket_cutoffs.npy / bucket_weights.npy  (codec)
+    metadata.json      format version, model fingerprint, dim, codec ("pq" | "scalar"), nbits
+                       (bits per dimension), #centroids, search defaults, and
+                       {file: [size, sha256]} for the codec files below
+    centroids.npy      (C, dim) float32, plus pq_centroids.npy (M, 256, dim / M) float32 (pq)
+                       or bucket_cutoffs.npy / bucket_weights.npy (scalar): see codec.py
     docs.sqlite        table docs(pid, doc_id, deleted, text)   -- ids, tombstones, optional texts
                        table segments(name, first_pid, n_docs, n_tokens, files JSON)
-    seg-<id>/          codes.npy (n_tokens,) uint16|int32, residuals.npy (n_tokens, dim*nbits/8)
-                       uint8, doclens.npy (n_docs,) int32, ivf.npy (pairs,) int32 pids grouped by
+    seg-<id>/          codes.npy (n_tokens,) uint16|int32, residuals.npy (n_tokens, residual
+                       bytes) uint8, doclens.npy (n_docs,) int32, ivf.npy (pairs,) int32 pids grouped by
                        centroid, ivf_lens.npy (C,) int32
 
 Atomicity: ``build`` writes everything into a temporary sibling folder and renames it into
@@ -49,13 +51,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from colzero.index.codec import ResidualCodec, code_dtype, default_num_centroids
+from colzero.index.codec import (
+    CODECS,
+    Codec,
+    PQResidualCodec,
+    ResidualCodec,
+    code_dtype,
+    default_num_centroids,
+    load_codec,
+)
 from colzero.model.folder import atomic_directory
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CODEC_FILES = ("centroids.npy", "bucket_cutoffs.npy", "bucket_weights.npy")
 SEGMENT_FILES = ("codes.npy", "residuals.npy", "doclens.npy", "ivf.npy", "ivf_lens.npy")
 
 
@@ -188,7 +197,7 @@ def _encode_docs(model, texts: list[str], batch_size: int) -> list[np.ndarray]:
 class _SegmentWriter:
     """Streams compressed chunks into one segment folder (raw appends, .npy headers at close)."""
 
-    def __init__(self, folder: Path, codec: ResidualCodec, first_pid: int) -> None:
+    def __init__(self, folder: Path, codec: Codec, first_pid: int) -> None:
         self.folder = folder
         folder.mkdir(parents=True)
         self.codec = codec
@@ -280,12 +289,10 @@ class Index:
         _check_files(path, meta["files"], self._verify)
         if not (path / "docs.sqlite").exists():
             raise IndexCorruptError(f"{path / 'docs.sqlite'}: file is missing")
-        self.codec = ResidualCodec(
-            np.load(path / "centroids.npy"),
-            np.load(path / "bucket_cutoffs.npy"),
-            np.load(path / "bucket_weights.npy"),
-            int(meta["nbits"]),
-        )
+        try:
+            self.codec = load_codec(path, meta)
+        except (ValueError, KeyError) as exc:
+            raise IndexCorruptError(f"{meta_path}: {exc}") from exc
         self.settings = SearchSettings(**meta.get("search", {}))
         try:
             con = _connect(path / "docs.sqlite")
@@ -362,7 +369,8 @@ class Index:
         documents: Any,
         output: str | os.PathLike[str],
         *,
-        nbits: int = 2,
+        codec: str = "pq",
+        nbits: int | None = None,
         n_centroids: int | None = None,
         chunk_size: int = 4096,
         batch_size: int = 32,
@@ -383,10 +391,17 @@ class Index:
         estimated from the first chunk times ``expected_documents`` (``len(documents)`` when
         it has one). Memory is bounded by one chunk of vectors. ``embeddings``: precomputed
         document matrices aligned with ``documents`` (may be memory-mapped); the model is then
-        only used for its fingerprint.
+        only used for its fingerprint. ``codec``: ``"pq"`` (default; residuals product-quantised,
+        dim / 4 bytes per vector) or ``"scalar"`` (ColBERTv2's ``nbits`` = 2 or 4 bits per value).
         """
-        if nbits not in (2, 4):
-            raise ValueError(f"nbits must be 2 or 4, got {nbits}")
+        if codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+        if codec == "pq" and nbits is not None:
+            raise ValueError("nbits sets the scalar codec's bits per value: pass codec='scalar' with it")
+        if codec == "scalar":
+            nbits = 2 if nbits is None else nbits
+            if nbits not in (2, 4):
+                raise ValueError(f"nbits must be 2 or 4, got {nbits}")
         if expected_documents is None and hasattr(documents, "__len__") and not isinstance(documents, str):
             expected_documents = len(documents)
         t0 = time.time()
@@ -398,21 +413,22 @@ class Index:
                 raise ValueError("cannot build an index from zero documents")
             encode = _encoder(model, embeddings, batch_size)
             first_vecs = encode(first, 0)
-            codec = _train_codec(
+            trained = _train_codec(
                 first_vecs,
                 len(first),
                 expected_documents,
                 n_centroids,
+                codec,
                 nbits,
                 kmeans_sample,
                 kmeans_niter,
                 seed,
             )
-            _write_codec(tmp, codec)
+            codec_meta = trained.save(tmp)
             con = _connect(tmp / "docs.sqlite")
             _create_schema(con)
             name = f"seg-{uuid.uuid4().hex[:12]}"
-            writer = _SegmentWriter(tmp / name, codec, 0)
+            writer = _SegmentWriter(tmp / name, trained, 0)
             seen: set[str] = set()
             con.execute("BEGIN")
             for n, (chunk, vecs) in enumerate(_encoded_chunks(encode, first, first_vecs, stream)):
@@ -432,13 +448,13 @@ class Index:
                 "model_fingerprint": model.fingerprint(),
                 "model_config": _model_config(model),
                 "model_name": model_name,
-                "dim": codec.dim,
-                "nbits": nbits,
-                "n_centroids": codec.n_centroids,
+                "dim": trained.dim,
+                **codec_meta,
+                "n_centroids": trained.n_centroids,
                 "store_texts": store_texts,
                 "search": (settings or SearchSettings()).__dict__,
                 "build": {"documents": writer.n_docs, "tokens": writer.n_tokens, "seconds": time.time() - t0},
-                "files": _describe(tmp, CODEC_FILES),
+                "files": _describe(tmp, trained.files),
             }
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             _fsync_dir(tmp)
@@ -665,7 +681,7 @@ class Index:
         return pids[best], scores[best]
 
     def stats(self) -> dict[str, Any]:
-        files = [self.path / n for n in CODEC_FILES] + [self.path / "docs.sqlite"]
+        files = [self.path / n for n in self.codec.files] + [self.path / "docs.sqlite"]
         for s in self.segments:
             files += [self.path / s["name"] / n for n in SEGMENT_FILES]
         total = sum(p.stat().st_size for p in files)
@@ -679,7 +695,8 @@ class Index:
             "documents": len(self),
             "tokens": n_tok,
             "centroids": self.codec.n_centroids,
-            "nbits": self.codec.nbits,
+            "codec": self.codec.kind,
+            "nbits": self.codec.bits_per_dim,
             "segments": len(self.segments),
             "bytes_total": total,
             "bytes_per_token_vectors": vec_bytes / max(1, n_tok),
@@ -703,7 +720,9 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
-def _train_codec(first_vecs, n_first, expected_docs, n_centroids, nbits, sample_size, niter, seed):
+def _train_codec(
+    first_vecs, n_first, expected_docs, n_centroids, kind, nbits, sample_size, niter, seed
+) -> Codec:
     n_tok_first = sum(len(v) for v in first_vecs)
     est_tokens = n_tok_first * max(1.0, (expected_docs or n_first) / max(1, n_first))
     if n_centroids is None:
@@ -715,13 +734,9 @@ def _train_codec(first_vecs, n_first, expected_docs, n_centroids, nbits, sample_
         flat = flat[rng.choice(len(flat), sample_size, replace=False)]
     # faiss warns below 39 points per centroid; cap so k-means stays meaningful
     n_centroids = max(1, min(n_centroids, len(flat) // 8 or 1))
+    if kind == "pq":
+        return PQResidualCodec.train(flat, n_centroids, niter=niter, seed=seed)
     return ResidualCodec.train(flat, n_centroids, nbits, niter=niter, seed=seed)
-
-
-def _write_codec(folder: Path, codec: ResidualCodec) -> None:
-    np.save(folder / "centroids.npy", codec.centroids)
-    np.save(folder / "bucket_cutoffs.npy", codec.cutoffs)
-    np.save(folder / "bucket_weights.npy", codec.weights)
 
 
 def _encoder(model, embeddings, batch_size):
