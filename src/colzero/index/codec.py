@@ -131,10 +131,35 @@ def load_codec(folder: Path, meta: dict[str, Any]) -> Codec:
 
 
 @dataclass
-class ResidualCodec:
-    """ColBERTv2's scalar residual codec: ``nbits`` per residual value, pooled quantile buckets."""
+class _CentroidCodec:
+    """The part both codecs share: the k-means centroids a token's code points to."""
 
     centroids: np.ndarray  # (C, dim) float32, rows L2-normalised
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def n_centroids(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def assign(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """Nearest centroid (max inner product) for each vector."""
+        return assign(vectors, self.centroids, batch)
+
+    def decompress(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Approximate vectors (n, dim) float32 from centroid codes and residual bytes."""
+        return self.decompress_torch(codes, packed, normalize).numpy()
+
+    def decompress_torch(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class ResidualCodec(_CentroidCodec):
+    """ColBERTv2's scalar residual codec: ``nbits`` per residual value, pooled quantile buckets."""
+
     cutoffs: np.ndarray  # (2**nbits - 1,) float32
     weights: np.ndarray  # (2**nbits,) float32
     nbits: int
@@ -156,14 +181,6 @@ class ResidualCodec:
         self._lut = self.weights.astype(np.float32)[idx]  # (256, per_byte)
         self._lut_t = torch.from_numpy(self._lut.copy())
         self._centroids_t = torch.from_numpy(self.centroids)
-
-    @property
-    def dim(self) -> int:
-        return int(self.centroids.shape[1])
-
-    @property
-    def n_centroids(self) -> int:
-        return int(self.centroids.shape[0])
 
     @property
     def bytes_per_residual(self) -> int:
@@ -201,10 +218,6 @@ class ResidualCodec:
         return cls(centroids, cutoffs, weights, nbits)
 
     # ------------------------------------------------------------------ encode / decode
-    def assign(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """Nearest centroid (max inner product) for each vector."""
-        return assign(vectors, self.centroids, batch)
-
     def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes (n,), packed residuals (n, dim * nbits / 8) uint8)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -217,10 +230,6 @@ class ResidualCodec:
         for j in range(per_byte):
             packed |= buckets[:, :, j] << np.uint8(8 - self.nbits * (j + 1))
         return codes.astype(code_dtype(self.n_centroids)), packed
-
-    def decompress(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> np.ndarray:
-        """Approximate vectors (n, dim) float32 from codes and packed residuals."""
-        return self.decompress_torch(codes, packed, normalize).numpy()
 
     def decompress_torch(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> torch.Tensor:
         """As :meth:`decompress`, as a torch tensor."""
@@ -238,7 +247,7 @@ class ResidualCodec:
 
 
 @dataclass
-class PQResidualCodec:
+class PQResidualCodec(_CentroidCodec):
     """Centroid id + the residual product-quantised with faiss (the default codec).
 
     The residual ``v - centroids[code]`` is cut into ``M`` sub-vectors of ``dim / M`` dimensions;
@@ -246,7 +255,6 @@ class PQResidualCodec:
     held-out residuals (``faiss.ProductQuantizer``). Decoding concatenates the sub-centroids.
     """
 
-    centroids: np.ndarray  # (C, dim) float32, rows L2-normalised
     pq_centroids: np.ndarray  # (M, 256, dim / M) float32
     kind: ClassVar[str] = "pq"
     files: ClassVar[tuple[str, ...]] = ("centroids.npy", "pq_centroids.npy")
@@ -264,14 +272,6 @@ class PQResidualCodec:
         self._table = self.pq_centroids.reshape(m * 256, dsub)
         self._offsets = (np.arange(m, dtype=np.int64) * 256)[None, :]
         self._pq = None
-
-    @property
-    def dim(self) -> int:
-        return int(self.centroids.shape[1])
-
-    @property
-    def n_centroids(self) -> int:
-        return int(self.centroids.shape[0])
 
     @property
     def bytes_per_residual(self) -> int:
@@ -315,10 +315,6 @@ class PQResidualCodec:
         np.save(folder / "pq_centroids.npy", self.pq_centroids)
         return {"codec": self.kind, "nbits": self.bits_per_dim}
 
-    def assign(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """Nearest centroid (max inner product) for each vector."""
-        return assign(vectors, self.centroids, batch)
-
     def _quantizer(self):
         if self._pq is None:
             import faiss
@@ -341,10 +337,6 @@ class PQResidualCodec:
         return codes.astype(code_dtype(self.n_centroids)), packed.reshape(
             len(vectors), self.bytes_per_residual
         )
-
-    def decompress(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> np.ndarray:
-        """Approximate vectors (n, dim) float32 from codes and residual codes."""
-        return self.decompress_torch(codes, packed, normalize).numpy()
 
     def decompress_torch(self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True) -> torch.Tensor:
         """As :meth:`decompress`, as a torch tensor."""
