@@ -323,8 +323,8 @@ def run(name: str, cache: Path, codec: str, k: int = 10) -> dict:
             [(doc_ids[j], float(v)) for v, j in zip(srow.tolist(), irow.tolist(), strict=True)]
             for srow, irow in zip(scores, idx_, strict=True)
         ]
-        _EXACT_CACHE[name] = (ex, t_ex, 0.0)
-    ex, t_ex, _ = _EXACT_CACHE[name]
+        _EXACT_CACHE[name] = (ex, t_ex)
+    ex, t_ex = _EXACT_CACHE[name]
     out["exact"] = {
         "qps": round(len(qids) / t_ex, 2),
         "ndcg@10": round(ndcg(ex), 4),
