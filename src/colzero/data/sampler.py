@@ -106,6 +106,10 @@ class SameSourceBatchSampler:
             pos[s] += B
         return out
 
+    def global_batch(self, epoch: int, step: int) -> tuple[int, np.ndarray]:
+        """(source, global rows) of global batch ``step`` of ``epoch``."""
+        return self.plan(epoch)[step]
+
     def local_slice(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) < self.batch_size:  # a kept partial batch (single process only)
             return rows

@@ -1,21 +1,32 @@
-"""Load a :class:`~colzero.training.config.DataSource` into validated training examples.
+"""Training sources: memory-mapped tables read a batch at a time, rows checked as they are read.
 
-Roles come from the source's explicit column names. Everything is checked while loading (before
-any training step): missing columns, wrong types, ids absent from the document / query tables,
-too few negatives or candidates, empty sources. Messages name the file, line and field.
+:func:`load_sources` opens every :class:`~colzero.data.spec.DataSource` of a phase (expanding
+``splits`` into one source per split) as a :class:`TrainingSource`: the table is memory-mapped
+Arrow (:mod:`colzero.data.tables`), checked cheaply up front (the role columns exist, the
+source holds at least one global batch), and each row is checked when a batch reads it (types,
+list lengths, ids present in the document / query tables), so the first training step never waits
+for a pass over hundreds of millions of rows. ``colzero data check`` runs the same checks over
+every row ahead of training. Every error names the file, the line or row, and the field.
 
-Rows hold ids (when a ``documents`` table is given) or texts; texts are looked up when an
-example is fetched, so id-based data keeps one copy of each document.
+``TrainingSource.examples(rows)`` reads the rows with one Arrow ``take`` per column and joins ids
+through :class:`~colzero.data.tables.IdTable` (sorted ids on disk, no dict of texts).
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import logging
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from colzero.data.readers import DataError, iter_rows, load_text_table
-from colzero.training.config import DataSource, LossConfig
+import numpy as np
+
+from colzero.data.readers import DataError, id_value
+from colzero.data.spec import DataSource
+from colzero.data.tables import IdTable, Table, open_id_table, open_table, split_names
 
 logger = logging.getLogger(__name__)
 
@@ -34,149 +45,276 @@ class DistillationExample:
     scores: list[float]
 
 
+@dataclass(frozen=True)
+class RowNeeds:
+    """What the loss needs of a row: its kind and how many negatives / candidates."""
+
+    kind: str  # "contrastive" | "distillation"
+    n_negatives: int = 0
+    n_candidates: int = 32
+
+    @classmethod
+    def of(cls, loss: Any) -> RowNeeds:
+        """From a ``LossConfig``-like object (``kind``, ``n_negatives``, ``n_candidates``)."""
+        kind = "distillation" if loss.kind == "distillation" else "contrastive"
+        return cls(kind, int(loss.n_negatives), int(loss.n_candidates))
+
+
 def _columns(value: str | list[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
 
 
-def _get(row: dict[str, Any], col: str, where: str) -> Any:
-    if col not in row:
-        raise DataError(f"{where}: field {col!r} is missing (present: {sorted(row)})")
-    return row[col]
-
-
 def _as_list(value: Any, col: str, where: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return list(value)
-    if hasattr(value, "tolist"):  # numpy arrays from parquet
-        return list(value.tolist())
+    if isinstance(value, str) and value[:1] == "[":  # a list stored as its string (PyLate KD tables)
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise DataError(
+                f"{where}: field {col!r} holds a string that is not a list: {value[:80]!r}"
+            ) from None
+        if isinstance(parsed, (list, tuple)):
+            return list(parsed)
+    if value is None:
+        raise DataError(f"{where}: field {col!r} is missing")
     return [value]
 
 
-def _key(value: Any, col: str, where: str) -> str:
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)
-    raise DataError(f"{where}: field {col!r} must hold ids (strings or integers), got {value!r:.80}")
+def expand_splits(source: DataSource) -> list[DataSource]:
+    """One source per split for ``splits = "*"`` or a list; others unchanged."""
+    if source.splits is None:
+        return [source]
+    names = split_names(source.path, source.format, source.config) if source.splits == "*" else source.splits
+    if not names:
+        raise DataError(f"{source.path}: source {source.name!r} has no splits")
+    return [dataclasses.replace(source, name=f"{source.name}/{s}", split=s, splits=None) for s in names]
 
 
-def _text(value: Any, col: str, where: str) -> str:
+class TrainingSource:
+    """One source's rows; ``examples(rows)`` gives checked Contrastive- or DistillationExamples."""
+
+    def __init__(
+        self, source: DataSource, needs: RowNeeds | Any, cache_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        needs = needs if isinstance(needs, RowNeeds) else RowNeeds.of(needs)
+        self.source = source
+        self.name = source.name
+        self.needs = needs
+        if source.max_negatives is not None and needs.n_negatives > source.max_negatives:
+            raise DataError(
+                f"source {source.name!r}: loss.n_negatives={needs.n_negatives} exceeds "
+                f"max_negatives={source.max_negatives}"
+            )
+        self.documents: IdTable | None = (
+            open_id_table(source.documents, cache_dir=cache_dir) if source.documents else None
+        )
+        self.queries: IdTable | None = (
+            open_id_table(source.queries, what="query", cache_dir=cache_dir) if source.queries else None
+        )
+        self.table: Table
+        self.table, self.prepare_report = open_table(
+            source.path, source.format, source.split, source.config, cache_dir=cache_dir
+        )
+        if len(self.table) == 0:
+            raise DataError(f"{self.table.label}: source {source.name!r} holds no rows")
+        self._check_schema()
+
+    # ------------------------------------------------------------------ checks
+    def _role_columns(self) -> list[str]:
+        s = self.source
+        if self.needs.kind == "distillation":
+            cols = [*_columns(s.candidate_ids), *_columns(s.teacher_scores)]
+        else:
+            cols = [*_columns(s.positive), *_columns(s.negatives if self.needs.n_negatives else None)]
+        return [s.query_id if self.queries is not None else s.query, *cols]
+
+    def _check_schema(self) -> None:
+        present = set(self.table.columns)
+        for col in self._role_columns():
+            if col not in present:
+                raise DataError(
+                    f"{self.table.where(0)}: field {col!r} is missing (source {self.name!r} has columns "
+                    f"{sorted(present)})"
+                )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    # ------------------------------------------------------------------ reading
+    def examples(self, rows: Sequence[int] | np.ndarray) -> list[ContrastiveExample | DistillationExample]:
+        """The checked examples of ``rows`` (row indices of this source), in order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = list(dict.fromkeys(self._role_columns()))
+        data = self.table.take(rows, cols)
+        parsed = [self._parse({c: data[c][i] for c in cols}, int(r)) for i, r in enumerate(rows.tolist())]
+        if self.queries is not None:
+            found = self._lookup(
+                self.queries, [p.query for p in parsed], [p.row for p in parsed], self.source.query_id
+            )
+            for p, text in zip(parsed, found, strict=True):
+                p.query = text
+        if self.documents is not None:
+            ids = [d for p in parsed for d in p.docs]
+            texts = self._lookup(
+                self.documents,
+                ids,
+                [p.row for p in parsed for _ in p.docs],
+                [c for p in parsed for c in p.doc_cols],
+            )
+            pos = 0
+            for p in parsed:
+                p.docs, pos = texts[pos : pos + len(p.docs)], pos + len(p.docs)
+        if self.needs.kind == "distillation":
+            return [DistillationExample(p.query, p.docs, p.scores) for p in parsed]
+        return [ContrastiveExample(p.query, p.docs[0], p.docs[1:]) for p in parsed]
+
+    def _parse(self, row: dict[str, Any], row_no: int) -> _Parsed:
+        where = _Where(self.table, row_no)
+        s = self.source
+        if self.queries is not None:
+            query = id_value(_value(row, s.query_id, where), s.query_id, str(where))
+        else:
+            query = _text(row, s.query, where)
+        out = _Parsed(row_no, query)
+        if self.needs.kind == "distillation":
+            for col in _columns(s.candidate_ids):
+                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
+            for col in _columns(s.teacher_scores):
+                for v in _list(row, col, where):
+                    if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+                        raise DataError(f"{where}: field {col!r} must hold numbers, got {v!r}")
+                    out.scores.append(float(v))
+            if len(out.docs) != len(out.scores):
+                raise DataError(
+                    f"{where}: fields {s.candidate_ids!r} give {len(out.docs)} candidates but "
+                    f"{s.teacher_scores!r} give {len(out.scores)} scores"
+                )
+            n = self.needs.n_candidates
+            if len(out.docs) < n:
+                raise DataError(
+                    f"{where}: field {s.candidate_ids!r} has {len(out.docs)} candidates, "
+                    f"loss.n_candidates needs {n}"
+                )
+            out.keep(n)
+            out.scores = out.scores[:n]
+            return out
+        pos_col = _columns(s.positive)[0]
+        pos = _list(row, pos_col, where)
+        if not pos:
+            raise DataError(f"{where}: field {pos_col!r} is an empty list")
+        out.add_docs([self._doc(pos[0], pos_col, where)], pos_col)  # a list of positives: the first is used
+        if self.needs.n_negatives:
+            for col in _columns(s.negatives):
+                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
+            have = len(out.docs) - 1 if s.max_negatives is None else min(len(out.docs) - 1, s.max_negatives)
+            if have < self.needs.n_negatives:
+                raise DataError(
+                    f"{where}: field {s.negatives!r} has {have} negatives, "
+                    f"loss.n_negatives needs {self.needs.n_negatives}"
+                )
+            out.keep(1 + self.needs.n_negatives)
+        return out
+
+    def _doc(self, value: Any, col: str, where: _Where) -> str:
+        if self.documents is None:
+            if not isinstance(value, str):
+                raise DataError(f"{where}: field {col!r} must hold text, got {type(value).__name__}")
+            return value
+        return id_value(value, col, str(where))
+
+    def _lookup(self, table: IdTable, ids: list[str], rows: list[int], cols: list[str] | str) -> list[str]:
+        found = table.lookup(ids)
+        missing = np.flatnonzero(found < 0)
+        if missing.size:
+            m = int(missing[0])
+            col = cols if isinstance(cols, str) else cols[m]
+            name = self.source.documents if table is self.documents else self.source.queries
+            raise DataError(
+                f"{self.table.where(rows[m])}: field {col!r}: {table.what} id {ids[m]!r} is not in {name}"
+            )
+        return table.texts(ids)
+
+    def __getitem__(self, i: int) -> ContrastiveExample | DistillationExample:
+        return self.examples([i])[0]
+
+    def check_all(self, chunk: int = 4096) -> Iterator[int]:
+        """Check every row (``colzero data check``); yields the number of rows checked so far."""
+        for start in range(0, len(self), chunk):
+            self.examples(np.arange(start, min(len(self), start + chunk)))
+            yield min(len(self), start + chunk)
+
+
+@dataclass
+class _Parsed:
+    """One parsed row: query (text or id), documents (texts or ids) and the columns they came from."""
+
+    row: int
+    query: str
+    docs: list[str] = dataclasses.field(default_factory=list)
+    doc_cols: list[str] = dataclasses.field(default_factory=list)
+    scores: list[float] = dataclasses.field(default_factory=list)
+
+    def add_docs(self, docs: list[str], col: str) -> None:
+        self.docs += docs
+        self.doc_cols += [col] * len(docs)
+
+    def keep(self, n: int) -> None:
+        self.docs, self.doc_cols = self.docs[:n], self.doc_cols[:n]
+
+
+class _Where:
+    """The place of a row, rendered only when an error message needs it (``file:line`` costs a read)."""
+
+    __slots__ = ("row", "table")
+
+    def __init__(self, table: Table, row: int) -> None:
+        self.table, self.row = table, row
+
+    def __str__(self) -> str:
+        return self.table.where(self.row)
+
+
+def _value(row: dict[str, Any], col: str, where: _Where) -> Any:
+    value = row.get(col)
+    if value is None:
+        raise DataError(f"{where}: field {col!r} is missing")
+    return value
+
+
+def _list(row: dict[str, Any], col: str, where: _Where) -> list[Any]:
+    return _as_list(_value(row, col, where), col, str(where))
+
+
+def _text(row: dict[str, Any], col: str, where: _Where) -> str:
+    value = _value(row, col, where)
     if not isinstance(value, str):
         raise DataError(f"{where}: field {col!r} must hold text, got {type(value).__name__}")
     return value
 
 
-class SourceData:
-    """Validated rows of one source; ``self[i]`` is a Contrastive- or DistillationExample."""
-
-    def __init__(self, source: DataSource, loss: LossConfig) -> None:
-        self.source = source
-        self.name = source.name
-        self.kind = "distillation" if loss.kind == "distillation" else "contrastive"
-        self.documents = load_text_table(source.documents) if source.documents else None
-        self.queries = load_text_table(source.queries) if source.queries else None
-        self.rows: list[tuple] = []
-        if source.streaming:
-            logger.warning(
-                "source %r: streaming=True is read fully into memory by this version of the loader",
-                source.name,
-            )
-        n_neg = loss.n_negatives
-        if source.max_negatives is not None and n_neg > source.max_negatives:
-            raise DataError(
-                f"source {source.name!r}: loss.n_negatives={n_neg} exceeds max_negatives={source.max_negatives}"
-            )
-        for where, row in iter_rows(source.path, source.format, source.split, source.streaming):
-            if self.kind == "distillation":
-                self.rows.append(self._distill_row(row, where, loss.n_candidates))
-            else:
-                self.rows.append(self._contrastive_row(row, where, n_neg))
-        if not self.rows:
-            raise DataError(f"{source.path}: source {source.name!r} holds no rows")
-
-    # ------------------------------------------------------------------ parsing
-    def _query(self, row: dict[str, Any], where: str) -> str:
-        s = self.source
-        if self.queries is not None:
-            qid = _key(_get(row, s.query_id, where), s.query_id, where)
-            if qid not in self.queries:
-                raise DataError(f"{where}: field {s.query_id!r}: query id {qid!r} is not in {s.queries}")
-            return qid
-        return _text(_get(row, s.query, where), s.query, where)
-
-    def _doc(self, value: Any, col: str, where: str) -> str:
-        if self.documents is None:
-            return _text(value, col, where)
-        key = _key(value, col, where)
-        if key not in self.documents:
-            raise DataError(f"{where}: field {col!r}: document id {key!r} is not in {self.source.documents}")
-        return key
-
-    def _contrastive_row(self, row: dict[str, Any], where: str, n_neg: int) -> tuple:
-        s = self.source
-        pos_col = _columns(s.positive)[0]
-        pos = _as_list(_get(row, pos_col, where), pos_col, where)
-        if not pos:
-            raise DataError(f"{where}: field {pos_col!r} is an empty list")
-        positive = self._doc(pos[0], pos_col, where)  # a list of positives: the first is used
-        negatives: list[str] = []
-        for col in _columns(s.negatives):
-            negatives += [self._doc(v, col, where) for v in _as_list(_get(row, col, where), col, where)]
-        if s.max_negatives is not None:
-            negatives = negatives[: s.max_negatives]
-        if len(negatives) < n_neg:
-            raise DataError(
-                f"{where}: field {s.negatives!r} has {len(negatives)} negatives, loss.n_negatives needs {n_neg}"
-            )
-        return (self._query(row, where), positive, negatives[:n_neg] if n_neg else [])
-
-    def _distill_row(self, row: dict[str, Any], where: str, n_cand: int) -> tuple:
-        s = self.source
-        cands: list[str] = []
-        scores: list[float] = []
-        for col in _columns(s.candidate_ids):
-            cands += [self._doc(v, col, where) for v in _as_list(_get(row, col, where), col, where)]
-        for col in _columns(s.teacher_scores):
-            for v in _as_list(_get(row, col, where), col, where):
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-                    raise DataError(f"{where}: field {col!r} must hold numbers, got {v!r}")
-                scores.append(float(v))
-        if len(cands) != len(scores):
-            raise DataError(
-                f"{where}: fields {s.candidate_ids!r} give {len(cands)} candidates but "
-                f"{s.teacher_scores!r} give {len(scores)} scores"
-            )
-        if len(cands) < n_cand:
-            raise DataError(
-                f"{where}: field {s.candidate_ids!r} has {len(cands)} candidates, loss.n_candidates needs {n_cand}"
-            )
-        return (self._query(row, where), cands[:n_cand], scores[:n_cand])
-
-    # ------------------------------------------------------------------ access
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _q(self, q: str) -> str:
-        return self.queries[q] if self.queries is not None else q
-
-    def _d(self, d: str) -> str:
-        return self.documents[d] if self.documents is not None else d
-
-    def __getitem__(self, i: int) -> ContrastiveExample | DistillationExample:
-        row = self.rows[i]
-        if self.kind == "distillation":
-            return DistillationExample(self._q(row[0]), [self._d(c) for c in row[1]], list(row[2]))
-        return ContrastiveExample(self._q(row[0]), self._d(row[1]), [self._d(n) for n in row[2]])
-
-
-def load_sources(sources: list[DataSource], loss: LossConfig, batch_size: int) -> list[SourceData]:
-    """Load and validate every source; a source smaller than the global batch is an error."""
+def load_sources(
+    sources: list[DataSource],
+    loss: Any,
+    batch_size: int,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> list[TrainingSource]:
+    """Open every source (splits expanded); a source smaller than the global batch is an error."""
+    needs = RowNeeds.of(loss)
     loaded = []
-    for s in sources:
-        data = SourceData(s, loss)
-        if len(data) < batch_size:
-            raise DataError(
-                f"{s.path}: source {s.name!r} has {len(data)} rows, fewer than the global batch size {batch_size}"
-            )
-        loaded.append(data)
+    for spec in sources:
+        for s in expand_splits(spec):
+            data = TrainingSource(s, needs, cache_dir)
+            if len(data) < batch_size:
+                raise DataError(
+                    f"{s.path}: source {s.name!r} has {len(data)} rows, fewer than the global batch size {batch_size}"
+                )
+            loaded.append(data)
     return loaded
+
+
+# kept for callers of the previous API
+SourceData = TrainingSource

@@ -15,137 +15,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-FORMATS = ("auto", "jsonl", "parquet", "hf")
+from colzero.data.spec import DataSource, checked_dict, plain
+
+__all__ = ["DataSource", "LossConfig", "OptimConfig", "PhaseConfig", "load_phase_config"]
+
 LOSS_KINDS = ("contrastive", "cached_contrastive", "distillation")
 MODEL_TYPES = ("colbert", "dense")
 PRECISIONS = ("auto", "fp32", "bf16")
 
-Columns = str | list[str] | None
-
-
-def _check_columns(owner: str, name: str, value: Any, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, str) and value:
-        return
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
-        return
-    raise ValueError(
-        f"{owner}.{name} must be a column name or a non-empty list of column names, got {value!r}"
-    )
-
-
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise TypeError(f"{where} must be a table/dict, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return data
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    return value
-
-
-@dataclass
-class DataSource:
-    """One training data source and which columns carry which role.
-
-    Roles are explicit column names, never guessed:
-
-    - ``query``: the query text column (or, with ``queries`` set, ``query_id`` names the id column
-      looked up in the query table).
-    - ``positive``: positive document text(s); a list value uses its FIRST element (contrastive).
-      With ``documents`` set, values are document ids into that table.
-    - ``negatives``: hard negatives (list column, or several columns); ids when ``documents`` is set.
-      ``max_negatives`` caps how many are kept per row (the first ones).
-    - ``candidate_ids`` / ``teacher_scores``: distillation candidates and their teacher scores; a
-      list of column names is concatenated in order (e.g. ``["pos", "neg"]`` with
-      ``["pos_scores", "neg_scores"]``). Candidates are ids when ``documents`` is set, texts otherwise.
-    - ``documents``: a document table (JSONL/Parquet, BEIR ``{_id, title, text}`` or ``{id, text}``);
-      a title is joined to the text as ``title + " " + text``.
-    - ``queries``: a query table of the same shape, used with ``query_id``.
-    """
-
-    name: str
-    path: str
-    format: str = "auto"
-    split: str = "train"
-    weight: float | None = None
-    query: str = "query"
-    positive: Columns = "pos"
-    negatives: Columns = None
-    candidate_ids: Columns = None
-    teacher_scores: Columns = None
-    documents: str | None = None
-    queries: str | None = None
-    query_id: str | None = None
-    max_negatives: int | None = None
-    streaming: bool = False
-
-    def __post_init__(self) -> None:
-        where = f"DataSource {self.name!r}"
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"DataSource.name must be a non-empty string, got {self.name!r}")
-        if not self.path:
-            raise ValueError(f"{where}: path is required")
-        self.path = str(self.path)
-        if self.format not in FORMATS:
-            raise ValueError(f"{where}: format must be one of {FORMATS}, got {self.format!r}")
-        if self.weight is not None and not (isinstance(self.weight, (int, float)) and self.weight > 0):
-            raise ValueError(f"{where}: weight must be a positive number or None, got {self.weight!r}")
-        _check_columns(where, "query", self.query, optional=False)
-        for name in ("positive", "negatives", "candidate_ids", "teacher_scores"):
-            _check_columns(where, name, getattr(self, name))
-        for name in ("positive", "negatives", "candidate_ids", "teacher_scores"):
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                setattr(self, name, list(value))
-        if (self.candidate_ids is None) != (self.teacher_scores is None):
-            raise ValueError(f"{where}: candidate_ids and teacher_scores must be given together")
-        if (
-            isinstance(self.candidate_ids, list)
-            and isinstance(self.teacher_scores, list)
-            and len(self.candidate_ids) != len(self.teacher_scores)
-        ):
-            raise ValueError(
-                f"{where}: candidate_ids {self.candidate_ids} and teacher_scores {self.teacher_scores} "
-                "must list the same number of columns"
-            )
-        if self.queries is not None and self.query_id is None:
-            raise ValueError(f"{where}: a query table (queries=...) needs query_id (the id column)")
-        if self.max_negatives is not None and (
-            not isinstance(self.max_negatives, int) or self.max_negatives < 0
-        ):
-            raise ValueError(
-                f"{where}: max_negatives must be a non-negative integer, got {self.max_negatives!r}"
-            )
-        for name in ("documents", "queries"):
-            if getattr(self, name) is not None:
-                setattr(self, name, str(getattr(self, name)))
-
-    @property
-    def is_distillation(self) -> bool:
-        return self.candidate_ids is not None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataSource:
-        return cls(**_from_dict(cls, data, "DataSource"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+_from_dict = checked_dict
+_plain = plain
 
 
 @dataclass
@@ -251,12 +130,21 @@ class PhaseConfig:
     seed: int = 42
     precision: str = "auto"
     log_every: int = 10
-    save_every: int | None = 100
+    save_every: int | None = 500
+    keep_checkpoints: int = 2
     eval_every: int | None = None
     eval_datasets: list[str] = field(default_factory=list)
     drop_last: bool = True
+    num_workers: int = 2
+    data_cache: str | None = None
 
-    _POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "gradient_accumulation", "epochs", "log_every")
+    _POSITIVE: ClassVar[tuple[str, ...]] = (
+        "batch_size",
+        "gradient_accumulation",
+        "epochs",
+        "log_every",
+        "keep_checkpoints",
+    )
 
     def __post_init__(self) -> None:
         where = f"PhaseConfig {self.name!r}"
@@ -291,6 +179,12 @@ class PhaseConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{where}: {name} must be a positive integer or None, got {value!r}")
+        if (
+            not isinstance(self.num_workers, int)
+            or isinstance(self.num_workers, bool)
+            or self.num_workers < 0
+        ):
+            raise ValueError(f"{where}: num_workers must be an integer >= 0, got {self.num_workers!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         distill = self.loss.kind == "distillation"
