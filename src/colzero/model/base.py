@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,60 @@ from colzero.model.precision import Precision, autocast, resolve_precision
 logger = logging.getLogger(__name__)
 
 
+FLASH_ATTENTION_2 = "flash_attention_2"
+
+
+def flash_attention_missing() -> list[str]:
+    """Why ``attn_implementation="flash_attention_2"`` cannot run here (empty: it can)."""
+    missing = []
+    if importlib.util.find_spec("flash_attn") is None:
+        missing.append("the flash_attn package is not installed")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA device is available")
+    return missing
+
+
+def check_attn_implementation(value: str | None) -> None:
+    """Raise a clear error when ``value`` is FlashAttention-2 and it cannot run here."""
+    if value == FLASH_ATTENTION_2 and (missing := flash_attention_missing()):
+        raise ValueError(
+            f"attn_implementation={value!r} was requested but {' and '.join(missing)}; "
+            "use 'sdpa' or 'eager' (with flash_attention_compat=True for a model trained with FlashAttention)"
+        )
+
+
+def usable_attn_implementation(resolved: str | None, explicit: str | None, where: object) -> str | None:
+    """``resolved`` (explicit > saved > default), except that a *saved* FlashAttention-2 setting
+    falls back to ``"sdpa"`` with a warning where FlashAttention cannot run."""
+    if resolved == FLASH_ATTENTION_2 and explicit is None and (missing := flash_attention_missing()):
+        logger.warning(
+            "%s: saved attn_implementation='flash_attention_2' but %s; using 'sdpa' "
+            "(vectors match FlashAttention's only with flash_attention_compat=True)",
+            where,
+            " and ".join(missing),
+        )
+        return "sdpa"
+    return resolved
+
+
+def apply_attn_implementation(backbone: PreTrainedModel, value: str | None) -> None:
+    """Switch an in-memory backbone to the attention backend ``value`` (``None``: leave it)."""
+    if value is None or getattr(backbone.config, "_attn_implementation", None) == value:
+        return
+    check_attn_implementation(value)
+    if hasattr(backbone, "set_attn_implementation"):
+        backbone.set_attn_implementation(value)
+    else:  # transformers < 4.56: the attention modules read the config at call time
+        backbone.config._attn_implementation = value
+
+
 def load_backbone(
     desc: FolderDescription, attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the transformers encoder and tokenizer found in a model folder."""
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
+        check_attn_implementation(attn_implementation)
         kwargs["attn_implementation"] = attn_implementation
     try:
         config = AutoConfig.from_pretrained(desc.backbone_dir)

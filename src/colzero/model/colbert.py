@@ -20,7 +20,15 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from colzero import __version__
-from colzero.model.base import EncoderBase, TokenizedBatch, check_role, check_texts, load_backbone
+from colzero.model.base import (
+    EncoderBase,
+    TokenizedBatch,
+    apply_attn_implementation,
+    check_role,
+    check_texts,
+    load_backbone,
+    usable_attn_implementation,
+)
 from colzero.model.config import ColBERTConfig, Role, resolve_config
 from colzero.model.folder import (
     ModelLoadError,
@@ -46,6 +54,10 @@ PYLATE_KEYS = (
     "do_query_expansion",
     "prompts",
 )
+
+
+#: settings that choose how the vectors are computed, not what they are (left out of the fingerprint)
+RUNTIME_KEYS = frozenset({"attn_implementation"})
 
 
 @dataclass
@@ -90,6 +102,7 @@ class ColBERT(EncoderBase):
     ) -> None:
         super().__init__(backbone, tokenizer)
         self.config = config or ColBERTConfig()
+        apply_attn_implementation(backbone, self.config.attn_implementation)
         self.projection = nn.Linear(self.hidden_size, self.config.embedding_dim, bias=False)
         if projection_weight is not None:
             if tuple(projection_weight.shape) != (self.config.embedding_dim, self.hidden_size):
@@ -176,8 +189,13 @@ class ColBERT(EncoderBase):
                 logger.warning(
                     "%s: dense Dense layers are ignored; a new ColBERT projection is created", root
                 )
+        if attn_implementation is not None:
+            settings["attn_implementation"] = attn_implementation
         config = resolve_config(ColBERTConfig, settings, saved)
-        backbone, tokenizer = load_backbone(desc, attn_implementation)
+        config.attn_implementation = usable_attn_implementation(
+            config.attn_implementation, settings.get("attn_implementation"), desc.root
+        )
+        backbone, tokenizer = load_backbone(desc, config.attn_implementation)
         model = cls(backbone, tokenizer, config, weight)
         if device is not None:
             model.to(device)
@@ -363,7 +381,8 @@ class ColBERT(EncoderBase):
         """A short hash of the settings and weights that determine the vectors."""
         import hashlib
 
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        settings = {k: v for k, v in asdict(self.config).items() if k not in RUNTIME_KEYS}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().float().cpu().flatten()
             h.update(name.encode())

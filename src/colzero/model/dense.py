@@ -12,7 +12,15 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from colzero import __version__
-from colzero.model.base import EncoderBase, TokenizedBatch, check_role, check_texts, load_backbone
+from colzero.model.base import (
+    EncoderBase,
+    TokenizedBatch,
+    apply_attn_implementation,
+    check_role,
+    check_texts,
+    load_backbone,
+    usable_attn_implementation,
+)
 from colzero.model.config import DenseConfig, Role, resolve_config
 from colzero.model.folder import atomic_directory, describe_folder, resolve_model_path, write_json
 from colzero.model.precision import Precision
@@ -26,6 +34,7 @@ class DenseModel(EncoderBase):
     ) -> None:
         super().__init__(backbone, tokenizer)
         self.config = config or DenseConfig()
+        apply_attn_implementation(backbone, self.config.attn_implementation)
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token")
 
@@ -51,8 +60,13 @@ class DenseModel(EncoderBase):
             saved["normalize"] = desc.normalize
         if desc.sbert_config.get("max_seq_length"):
             saved["max_length"] = int(desc.sbert_config["max_seq_length"])
+        if attn_implementation is not None:
+            settings["attn_implementation"] = attn_implementation
         config = resolve_config(DenseConfig, settings, saved)
-        backbone, tokenizer = load_backbone(desc, attn_implementation)
+        config.attn_implementation = usable_attn_implementation(
+            config.attn_implementation, settings.get("attn_implementation"), desc.root
+        )
+        backbone, tokenizer = load_backbone(desc, config.attn_implementation)
         model = cls(backbone, tokenizer, config)
         if device is not None:
             model.to(device)
