@@ -207,8 +207,11 @@ def encoder_flops(cfg, n_linear: int, length: int) -> float:
 # ---------------------------------------------------------------------------- data
 
 
-class _SyntheticExamples(torch.utils.data.Dataset):
-    """Deterministic random texts over the tokenizer's words; documents fill their length."""
+class _SyntheticSource:
+    """An in-memory stand-in for a training source (``examples(rows)``, ``len``): deterministic
+    random texts over the tokenizer's words, documents filling their length. Everything else on
+    the data path is colzero's own: the same-source sampler, the DataLoader request plan, the
+    worker-side reader and the Collator (the GPU machine has no ``datasets`` for Arrow tables)."""
 
     def __init__(self, shape: PhaseShape, n_words: int, n_examples: int, seed: int) -> None:
         self.shape, self.n_words, self.n, self.seed = shape, n_words, n_examples, seed
@@ -219,35 +222,43 @@ class _SyntheticExamples(torch.utils.data.Dataset):
     def _text(self, rng: random.Random, n: int) -> str:
         return " ".join(f"w{rng.randrange(self.n_words)}" for _ in range(n))
 
-    def __getitem__(self, index: int):
+    def examples(self, rows):
         from colzero.data.sources import ContrastiveExample, DistillationExample
 
-        s = self.shape
-        rng = random.Random(self.seed * 1_000_003 + index)
-        query = self._text(rng, rng.randint(3, max(3, s.query_length - 5)))
-        docs = [self._text(rng, s.document_length) for _ in range(s.docs_per_query)]
-        if s.loss == "distillation":
-            return DistillationExample(query, docs, [rng.gauss(0.0, 1.0) for _ in docs])
-        return ContrastiveExample(query, docs[0], docs[1:])
+        s, out = self.shape, []
+        for index in rows:
+            rng = random.Random(self.seed * 1_000_003 + int(index))
+            query = self._text(rng, rng.randint(3, max(3, s.query_length - 5)))
+            docs = [self._text(rng, s.document_length) for _ in range(s.docs_per_query)]
+            if s.loss == "distillation":
+                out.append(DistillationExample(query, docs, [rng.gauss(0.0, 1.0) for _ in docs]))
+            else:
+                out.append(ContrastiveExample(query, docs[0], docs[1:]))
+        return out
 
 
 def synthetic_batches(model, shape: PhaseShape, n_batches: int, workers: int, seed: int = 0) -> Iterator[Any]:
-    """Tokenised batches of one rank (``shape.queries`` examples each), from a DataLoader with
-    ``workers`` worker processes over synthetic texts, collated by colzero's ``Collator``.
-
-    This is the one place that produces batches: swap it for colzero's input pipeline."""
+    """This rank's tokenised batches (``shape.queries`` examples each) from colzero's input
+    pipeline (:func:`colzero.data.loader.input_pipeline`: sampler-owned order, ``workers``
+    DataLoader processes that read, tokenise and collate, pinned memory on CUDA) over an
+    in-memory synthetic source."""
     from colzero.data.collate import Collator
+    from colzero.data.loader import input_pipeline
+    from colzero.data.sampler import SameSourceBatchSampler
 
     n_words = len(model.tokenizer) - len(SPECIALS) - 2
-    dataset = _SyntheticExamples(shape, n_words, n_batches * shape.queries, seed)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=shape.queries,
-        collate_fn=Collator(model),
+    source = _SyntheticSource(shape, n_words, n_batches * shape.queries, seed)
+    sampler = SameSourceBatchSampler([len(source)], shape.queries, seed=seed)
+    loader = input_pipeline(
+        [source],
+        sampler,
+        Collator(model),
+        count=n_batches,
         num_workers=workers,
-        prefetch_factor=2 if workers else None,
+        prefetch_factor=2,
+        pin_memory=True,
     )
-    return iter(loader)
+    return (batch for _, batch in loader)
 
 
 # ---------------------------------------------------------------------------- timing
