@@ -135,7 +135,7 @@ def test_feistel_is_a_bijection_of_0_to_n(n, key):
 
 
 def test_feistel_large_prime_domain_and_key_sensitivity():
-    n = 300_007  # prime, just over 2**18.19: a 20-bit domain with cycle walking
+    n = 300_007  # prime, 2**18.19: a 19-bit domain (halves of 10 and 9 bits) with cycle walking
     a = feistel_permutation(np.arange(n), n, 7)
     assert np.array_equal(np.sort(a), np.arange(n))
     b = feistel_permutation(np.arange(n), n, 8)
@@ -149,6 +149,8 @@ def test_feistel_large_prime_domain_and_key_sensitivity():
     assert ((hist - 200) ** 2 / 200).sum() < 27.9
     with pytest.raises(ValueError, match="indices must lie"):
         feistel_permutation([5], 5, 0)
+    with pytest.raises(ValueError, match="even"):
+        feistel_permutation([0], 5, 0, rounds=7)
 
 
 @settings(max_examples=30, deadline=None)
