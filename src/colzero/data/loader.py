@@ -58,11 +58,13 @@ class PlannedBatches(Sampler[BatchRequest]):
         self.count = count
 
     def __iter__(self) -> Iterator[BatchRequest]:
-        pos, n, per_epoch = self.start, 0, len(self.sampler)
-        while self.count is None or n < self.count:
-            source, rows = self.sampler.global_batch(pos.epoch, pos.step)
-            yield BatchRequest(pos, int(source), self.sampler.local_slice(np.asarray(rows)))
-            pos, n = pos.after(per_epoch), n + 1
+        if self.count == 0:
+            return
+        plan = self.sampler.iter_from(self.start.epoch, self.start.step)
+        for n, (epoch, step, planned) in enumerate(plan, 1):
+            yield BatchRequest(Position(epoch, step), int(planned.source), np.asarray(planned.rows))
+            if self.count is not None and n >= self.count:
+                return
 
     def __len__(self) -> int:
         if self.count is None:

@@ -319,10 +319,6 @@ class SameSourceBatchSampler:
         """The whole epoch's global batches: (source, global row indices). Materialises O(rows): small data only."""
         return [(s, rows) for _, _, s, rows in self._walk(epoch, 0, 0, self.batch_size, one_epoch=True)]
 
-    def global_batch(self, epoch: int, step: int) -> tuple[int, np.ndarray]:
-        """(source, global rows) of global batch ``step`` of ``epoch``."""
-        return self.plan(epoch)[step]
-
     def local_slice(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) < self.batch_size:  # a kept partial batch (single process only)
             return rows

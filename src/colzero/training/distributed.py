@@ -73,6 +73,22 @@ class Dist:
         dist.all_gather_object(out, value)
         return out
 
+    def on_main(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on rank 0 while the other ranks wait; its result on rank 0 (None
+        elsewhere). An error on rank 0 stops every rank instead of leaving them waiting."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                error = exc
+        failed = self.broadcast(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"rank 0 failed, so rank {self.rank} stops too: {failed}")
+        return result
+
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.active:
             dist.all_reduce(tensor)
