@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from colzero.data.pairs import read_jsonl, write_jsonl
-from colzero.data.teacher import load_corpus
+from colzero.data.readers import iter_jsonl, load_text_table, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +155,8 @@ def mine(
 
 
 def mine_file(input: str | Path, documents: str | Path, output: str | Path, **kwargs: Any) -> int:
-    rows = list(read_jsonl(input))
-    corpus = load_corpus(documents)
-    return write_jsonl(output, mine(rows, corpus, **kwargs))
+    """Mine hard negatives for every row of ``input`` against ``documents``; the output is written
+    atomically (nothing on failure)."""
+    rows = [row for _, row in iter_jsonl(input)]
+    corpus = load_text_table(documents)
+    return write_jsonl(output, mine(rows, corpus, **kwargs), what="mined rows")

@@ -265,7 +265,8 @@ def iter_documents(source: Any, *, what: str = "document") -> Iterator[Document]
         seen[doc.id] = doc.where
         yield doc
     if not seen:
-        raise DataError(f"{_label(source)}: the {what} table is empty")
+        noun = "corpus" if what == "document" else f"{what} table"
+        raise DataError(f"{_label(source)}: the {noun} is empty")
 
 
 def _label(source: Any) -> str:

@@ -16,23 +16,14 @@ from typing import Any
 
 import torch
 
-from colzero.data.pairs import read_jsonl, write_jsonl
+from colzero.data.readers import DataError, iter_jsonl, load_text_table, write_jsonl
 
 logger = logging.getLogger(__name__)
 
 
 def load_corpus(path: str | Path) -> dict[str, str]:
-    """BEIR ``{_id, title, text}`` (or ``{id, text}``) → id: ``title + " " + text``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "corpus.jsonl"
-    out: dict[str, str] = {}
-    for row in read_jsonl(path):
-        did = str(row.get("_id", row.get("id")))
-        title = str(row.get("title") or "").strip()
-        text = str(row.get("text") or "").strip()
-        out[did] = f"{title} {text}".strip() if title else text
-    return out
+    """id → ``title + " " + text`` of a corpus (BEIR ``corpus.jsonl`` or its folder, Parquet, ...)."""
+    return load_text_table(path)
 
 
 def is_cross_encoder(model_path: str | Path) -> bool:
@@ -156,23 +147,33 @@ def score_file(
     ``candidate_ids`` or positives + negatives); the first ``n_candidates`` candidates are kept
     (positives first). Returns the number of rows written."""
     corpus = load_corpus(documents)
-    qtext: dict[str, str] = {}
-    if queries is not None:
-        qtext = {str(r["_id"]): str(r["text"]) for r in read_jsonl(queries)}
+    qtext = load_text_table(queries, what="query") if queries is not None else {}
     rows = []
-    for row in read_jsonl(input):
-        qid = str(row.get("query_id", row.get("_id", len(rows))))
+    skipped = seen = 0
+    for where, row in iter_jsonl(input):
+        seen += 1
+        qid = str(row.get("query_id", row.get("_id", seen - 1)))
         text = row.get("query") or qtext.get(qid)
-        if text is None:
-            raise ValueError(f"{input}: row for query {qid} has no 'query' text and no query table")
+        if not isinstance(text, str):
+            raise DataError(
+                f"{where}: field 'query' is missing (and query id {qid!r} is not in a query table)"
+            )
         cands = [c for c in _candidates(row, positives, negatives, candidate_ids) if c in corpus]
         cands = list(dict.fromkeys(cands))[:n_candidates]
         if len(cands) < n_candidates:
-            logger.info("query %s: only %d candidates (wanted %d); skipped", qid, len(cands), n_candidates)
+            skipped += 1
+            logger.info(
+                "%s: query %s: only %d candidates (wanted %d); skipped", where, qid, len(cands), n_candidates
+            )
             continue
         rows.append((qid, str(text), cands))
         if max_queries is not None and len(rows) >= max_queries:
             break
+    if not rows:
+        raise DataError(
+            f"{input}: no query has {n_candidates} candidates found in {documents} ({skipped} of {seen} rows "
+            "skipped); nothing to score, nothing written"
+        )
     teacher = Teacher(model, batch_size=batch_size, max_length=max_length)
     teacher.encode_documents([c for _, _, cands in rows for c in cands], corpus)
 
@@ -188,6 +189,6 @@ def score_file(
                 "scores": teacher.score(text, cands, corpus),
             }
 
-    n = write_jsonl(output, gen())
+    n = write_jsonl(output, gen(), what="teacher scores")
     logger.info("wrote %d KD rows scored by %s (%s) to %s", n, model, teacher.kind(), output)
     return n
