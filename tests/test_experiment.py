@@ -586,3 +586,31 @@ def test_report_tables(tmp_path):
         assert (tmp_path / "report" / png).read_bytes()[:4] == b"\x89PNG"
         assert f"]({png})" in md
     assert render_markdown(results) == render_markdown(results)  # deterministic
+
+
+def test_dataset_view_is_a_fixed_documented_subset(tmp_path):
+    from colzero.evaluation import load_dataset
+    from colzero.experiment.evaluation import prepare_dataset
+    from colzero.experiment.grid import DatasetSpec
+
+    world = tiny_world(tmp_path / "world")
+    ds = load_dataset(world["beir"])
+    spec = DatasetSpec(name="t", path=str(world["beir"]), max_queries=5, query_sample_seed=13)
+    view = prepare_dataset(ds, spec)
+    expected = set(random.Random(13).sample(sorted(ds.query_ids), 5))
+    assert set(view.query_ids) == expected and view.query_ids == [q for q in ds.query_ids if q in expected]
+    assert view.corpus_ids == ds.corpus_ids and set(view.qrels) == expected
+    binary = prepare_dataset(ds, DatasetSpec(name="t", path=".", graded=False, min_grade=2))
+    assert {g for docs in binary.qrels.values() for g in docs.values()} == {0, 1}
+    assert sum(g for docs in binary.qrels.values() for g in docs.values()) == 6  # grades 2 -> 1, 1 -> 0
+    small = prepare_dataset(ds, DatasetSpec(name="t", path=".", max_queries=3, max_documents=4))
+    judged = {d for docs in small.qrels.values() for d in docs}
+    assert len(small.corpus_ids) == 4 and judged <= set(small.corpus_ids) and small.name == ds.name
+
+
+def test_cli_lists_grid_presets(capsys):
+    from colzero.cli.main import main
+
+    assert main(["experiment", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "paper-routes-cpu:" in out and "paper-routes:" in out

@@ -55,16 +55,17 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from colzero.experiment import describe_plan, grid_preset_names, run_experiment
-    from colzero.experiment.grid import load_grid, read_grid_text
+    from colzero.experiment.grid import load_grid
 
     console = Console()
     if args.list or not args.grid:
         for name in grid_preset_names():
-            text, _, _ = read_grid_text(name)
             grid = load_grid(name)
             console.print(f"{name}: {grid.description.strip().splitlines()[0] if grid.description else ''}")
         return 0 if args.list else 2
-    command = "colzero " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    # the command that reproduces the results (a --report-only rerun reports the same runs)
+    argv = [a for a in sys.argv[1:] if a not in ("--report-only", "--no-progress")]
+    command = "colzero " + " ".join(shlex.quote(a) for a in argv) if argv else None
     result = run_experiment(
         args.grid,
         args.output,

@@ -39,7 +39,8 @@ def prepare_dataset(ds: RetrievalDataset, spec: DatasetSpec) -> RetrievalDataset
 
     Subset: ``random.Random(query_sample_seed).sample(sorted(query ids), max_queries)``, kept in
     the dataset's order; the corpus is untouched (scores stay comparable with the full set's
-    difficulty). ``graded = false``: grade >= ``min_grade`` becomes 1, anything else 0.
+    difficulty) unless ``max_documents`` is set (smoke runs only). ``graded = false``: grade >=
+    ``min_grade`` becomes 1, anything else 0.
     """
     qids = list(ds.query_ids)
     if spec.max_queries is not None and spec.max_queries < len(qids):
@@ -49,7 +50,10 @@ def prepare_dataset(ds: RetrievalDataset, spec: DatasetSpec) -> RetrievalDataset
     if not spec.graded:
         qrels = {q: {d: int(g >= spec.min_grade) for d, g in docs.items()} for q, docs in qrels.items()}
     texts = dict(zip(ds.query_ids, ds.query_texts, strict=True))
-    return dataclasses.replace(ds, query_ids=qids, query_texts=[texts[q] for q in qids], qrels=qrels)
+    out = dataclasses.replace(ds, query_ids=qids, query_texts=[texts[q] for q in qids], qrels=qrels)
+    if spec.max_documents is not None and spec.max_documents < len(out.corpus_ids):
+        out = dataclasses.replace(out.subset(n_docs=spec.max_documents), name=ds.name)
+    return out
 
 
 def retrieval_settings(spec: DatasetSpec, ev: EvaluationSpec, show_progress: bool = False):
@@ -89,8 +93,11 @@ def evaluate_model(
         t0 = time.perf_counter()
         ds = prepare_dataset(load_dataset(spec.path, split=spec.split), spec)
         settings = retrieval_settings(spec, ev, show_progress)
+        t1 = time.perf_counter()
         out = retrieve(model, ds, settings)
+        t2 = time.perf_counter()
         per_query = compute_metrics(ds.qrels, out.run, METRICS, per_query=True)
+        timings = {"dataset_load_s": t1 - t0, **out.timings, "metrics_s": time.perf_counter() - t2}
         record = {
             "model_key": model_key,
             "model": str(model_path),
@@ -105,10 +112,14 @@ def evaluate_model(
                 for k, v in dataclasses.asdict(settings).items()
                 if k not in ("cache_dir", "show_progress")
             }
-            | {"max_queries": spec.max_queries, "query_sample_seed": spec.query_sample_seed},
+            | {
+                "max_queries": spec.max_queries,
+                "query_sample_seed": spec.query_sample_seed,
+                "max_documents": spec.max_documents,
+            },
             "metrics": {m: sum(v.values()) / len(v) for m, v in per_query.items()},
             "per_query": per_query,
-            "timings": {**out.timings, "model_load_s": load_s, "total_s": time.perf_counter() - t0},
+            "timings": {**timings, "model_load_s": load_s, "total_s": time.perf_counter() - t0},
         }
         write_json_atomic(file, record)
         logger.info(

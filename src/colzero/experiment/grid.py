@@ -111,6 +111,9 @@ class DatasetSpec(_Strict):
     #: of the sorted query ids); None = every query of the split
     max_queries: int | None = Field(default=None, ge=1)
     query_sample_seed: int = 13
+    #: keep only this many documents (the selected queries' judged documents first, then corpus
+    #: order; RetrievalDataset.subset) - for smoke runs: scores are inflated, never quote them
+    max_documents: int | None = Field(default=None, ge=1)
     #: let a query retrieve the document with its own id (collections whose ids collide, e.g. Vaswani)
     keep_self_hits: bool = False
     #: graded relevance as in the qrels; false = binary with grade >= min_grade relevant

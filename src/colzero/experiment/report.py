@@ -48,7 +48,8 @@ class Collected:
     datasets: dict[str, dict[str, Any]]
     #: route -> dataset -> seed -> {query id: nDCG@10 in [0, 1]}
     scores: dict[str, dict[str, dict[int, dict[str, float]]]]
-    #: route -> seed -> {"total_s", "own_s", "device_hours", "own_device_hours", "phases", "own_phases"}
+    #: route -> seed -> {"total_s", "own_s", "device_hours", "own_device_hours", "phases", "own_phases",
+    #: "tokens"}
     costs: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     findings: list[FindingSpec] = field(default_factory=list)
     statistics: StatisticsSpec = field(default_factory=StatisticsSpec)
@@ -132,7 +133,15 @@ def build_results(c: Collected) -> dict[str, Any]:
         if cost:
             entry["cost"] = {
                 key: float(np.mean([v.get(key, 0.0) or 0.0 for v in cost.values()]))
-                for key in ("total_s", "own_s", "device_hours", "own_device_hours", "phases", "own_phases")
+                for key in (
+                    "total_s",
+                    "own_s",
+                    "device_hours",
+                    "own_device_hours",
+                    "phases",
+                    "own_phases",
+                    "tokens",
+                )
             } | {"per_seed": {str(s): v for s, v in sorted(cost.items())}}
         if r.paper is not None:
             entry["paper"] = r.paper.model_dump(exclude_none=True)
@@ -253,6 +262,8 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
     run = results.get("run") or {}
     if run.get("command"):
         lines += ["Reproduce with:", "", "```bash", run["command"], "```", ""]
+    if run.get("grid overrides"):
+        lines += [f"**This run overrides the grid:** {run['grid overrides']}.", ""]
     lines += [
         f"Seeds: {', '.join(str(s) for s in results['seeds'])}. Metric: nDCG@10 x 100. Intervals: {conf}% "
         f"{results['statistics']['interval']}, {results['statistics']['n_resamples']} resamples. Tests: "
@@ -322,8 +333,9 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
         "",
         f"Cost = measured training time of the route ({unit_text}), the sum of every phase its final "
         "model depends on, shared prefixes and the start route included; 'own phases' counts only the "
-        "route's own phases (a dense start counted as given, as the paper's cost column does). Data "
-        "preparation (pairs, teacher scores) is shared by all routes and not counted.",
+        "route's own phases (a dense start counted as given, as the paper's cost column does). Tokens "
+        "trained (all phases) measures the same work independently of machine load. Data preparation "
+        "(pairs, teacher scores) is shared by all routes and not counted.",
         "",
     ]
     rows = []
@@ -335,11 +347,20 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
                 _fmt_cost(cost_value(e, unit), unit),
                 _fmt_cost(cost_value(e, unit, own=True), unit),
                 f"{c.get('phases', 0):.0f} / {c.get('own_phases', 0):.0f}" if c else "—",
+                f"{c['tokens'] / 1e6:.2f} M" if c.get("tokens") else "—",
                 _ci(e.get("mean")),
             ]
         )
     lines += _table(
-        ["route", "cost (all phases)", "cost (own phases)", "phases (all / own)", "nDCG@10"], rows
+        [
+            "route",
+            "cost (all phases)",
+            "cost (own phases)",
+            "phases (all / own)",
+            "tokens trained",
+            "nDCG@10",
+        ],
+        rows,
     )
     if "quality_vs_cost" in charts:
         lines += [f"![quality versus cost]({charts['quality_vs_cost']})", ""]
@@ -383,7 +404,7 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     if run:
         lines += ["## Run", ""]
-        lines += [f"- {k}: {v}" for k, v in run.items() if k != "command"] + [""]
+        lines += [f"- {k}: {v}" for k, v in run.items() if k not in ("command", "grid overrides")] + [""]
     return "\n".join(lines)
 
 
@@ -423,6 +444,7 @@ def write_charts(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
         )
         ax.set_ylabel(f"nDCG@10 x100, mean over datasets ({conf}% interval)")
         ax.set_title(f"{results['grid']}: quality versus training cost")
+        ax.margins(x=0.2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "quality_vs_cost.png", dpi=120)

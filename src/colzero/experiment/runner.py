@@ -109,6 +109,8 @@ def describe_plan(plan: Plan) -> str:
     ]
     for d in g.evaluation.datasets:
         sub = f"{d.max_queries} queries (seed {d.query_sample_seed})" if d.max_queries else "all queries"
+        if d.max_documents:
+            sub += f", {d.max_documents} documents (smoke run: inflated scores)"
         rule = ("graded" if d.graded else f"binary, grade >= {d.min_grade}") + (
             ", self-hits kept" if d.keep_self_hits else ""
         )
@@ -134,7 +136,10 @@ def _lock(exp_dir: Path) -> Iterator[None]:
         except PermissionError:
             raise GridError(f"{exp_dir}: another colzero experiment (pid {pid}) holds {lock}") from None
         else:
-            raise GridError(f"{exp_dir}: another colzero experiment (pid {pid}) is running here")
+            raise GridError(
+                f"{exp_dir}: another colzero experiment (pid {pid}) is running here "
+                f"(delete {lock} if that process is not a colzero experiment)"
+            )
     lock.write_text(str(os.getpid()))
     try:
         yield
@@ -175,6 +180,7 @@ def train_node(
     if node.parent is not None and plan.nodes[node.parent].status() != "done":
         raise RuntimeError(f"phase {node.key} starts from {node.parent}, which is not trained")
     from colzero.training.pipeline import run_recipe
+    from colzero.training.recipe import RecipeError
 
     node.recipe_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = node.recipe_file.with_name(f".{node.recipe_file.name}.tmp")
@@ -182,7 +188,16 @@ def train_node(
     tmp.replace(node.recipe_file)
     extra = {"phase_runner": phase_runner} if phase_runner is not None else {}
     t0 = time.perf_counter()
-    result = run_recipe(node.recipe_file, node.dir, evaluate=False, show_progress=show_progress, **extra)
+    try:
+        result = run_recipe(node.recipe_file, node.dir, evaluate=False, show_progress=show_progress, **extra)
+    except RecipeError as exc:
+        if "different recipe" not in str(exc):
+            raise
+        raise GridError(
+            f"phase {node.key} ({node.label}, seed {node.seed}) was started with other settings that do "
+            f"not change the trained model (log_every, save_every, allow_prompt_mismatch); restore them, "
+            f"or delete {node.dir} to train this phase again from the start"
+        ) from exc
     wall = time.perf_counter() - t0
     total = result.cost.get("total", {})
     record = {
@@ -240,13 +255,33 @@ def _node_cost(node: PhaseNode) -> dict[str, float] | None:
     if not node.record_file.is_file():
         return None
     record = json.loads(node.record_file.read_text(encoding="utf-8"))
-    return {"wall_time_s": record.get("wall_time_s", 0.0), "device_hours": record.get("device_hours", 0.0)}
+    total = (record.get("cost") or {}).get("total", {})
+    return {
+        "wall_time_s": record.get("wall_time_s", 0.0),
+        "device_hours": record.get("device_hours", 0.0),
+        "tokens": float(total.get("tokens") or 0.0),
+    }
 
 
 def _rule(d: Any) -> str:
     rel = "graded" if d.graded else f"binary (grade >= {d.min_grade})"
     hits = "self-hits kept" if d.keep_self_hits else "self-hits removed"
-    return f"{rel}; {hits}"
+    sub = f"; fixed random {d.max_queries} queries (seed {d.query_sample_seed})" if d.max_queries else ""
+    cut = (
+        f"; corpus cut to {d.max_documents} documents (smoke run: inflated scores)" if d.max_documents else ""
+    )
+    return f"{rel}; {hits}{sub}{cut}"
+
+
+def _dotted(overrides: dict[str, Any], prefix: str = "", depth: int = 2) -> list[str]:
+    keys = []
+    for k, v in overrides.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and depth > 1:
+            keys += _dotted(v, name + ".", depth - 1)
+        else:
+            keys.append(name)
+    return keys
 
 
 def collect(plan: Plan, run_info: dict[str, Any] | None = None) -> Collected:
@@ -278,6 +313,7 @@ def collect(plan: Plan, run_info: dict[str, Any] | None = None) -> Collected:
                 "own_s": sum(c["wall_time_s"] for k, c in pairs if k in own),
                 "device_hours": sum(c["device_hours"] for _, c in pairs),
                 "own_device_hours": sum(c["device_hours"] for k, c in pairs if k in own),
+                "tokens": sum(c["tokens"] for _, c in pairs),
                 "phases": len(run.lineage),
                 "own_phases": len(run.chain),
             }
@@ -300,13 +336,17 @@ def collect(plan: Plan, run_info: dict[str, Any] | None = None) -> Collected:
     )
 
 
-def _run_info(plan: Plan, command: str | None, invocation_s: float) -> dict[str, Any]:
+def _run_info(
+    plan: Plan, command: str | None, invocation_s: float, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
     events = read_timeline(plan.exp_dir)
     train_s = sum(e.get("seconds", 0.0) for e in events if e.get("event") == "train")
     eval_s = sum(e.get("seconds", 0.0) for e in events if e.get("event") == "evaluate")
     info: dict[str, Any] = {}
     if command:
         info["command"] = command
+    if overrides:
+        info["grid overrides"] = ", ".join(_dotted(overrides)) + " (the notes describe the grid as shipped)"
     import torch
 
     info.update(
@@ -386,7 +426,7 @@ def run_experiment(
                         if pending:
                             say(f"evaluating {run.id} on {', '.join(t.dataset.name for t in pending)}")
                         result.evaluated += evaluate_run(plan, run, show_progress=show_progress)
-            info = _run_info(plan, command, time.perf_counter() - t_start)
+            info = _run_info(plan, command, time.perf_counter() - t_start, overrides)
             result.report = write_report(collect(plan, info), plan.exp_dir / "report")
             say(f"report: {result.report['markdown']}")
         finally:
