@@ -61,7 +61,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.list or not args.grid:
         for name in grid_preset_names():
             grid = load_grid(name)
-            console.print(f"{name}: {grid.description.strip().splitlines()[0] if grid.description else ''}")
+            console.print(
+                f"{name}: {grid.description.strip().splitlines()[0] if grid.description else ''}",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
         return 0 if args.list else 2
     # the command that reproduces the results (a --report-only rerun reports the same runs)
     argv = [a for a in sys.argv[1:] if a not in ("--report-only", "--no-progress")]

@@ -58,7 +58,7 @@ class PathNormalizer:
     def __call__(self, value: Any) -> Any:
         if isinstance(value, str):
             for token, path in self.pairs:
-                if path and value.startswith(path):
+                if path and (value == path or value.startswith(path.rstrip("/") + "/")):
                     return token + value[len(path) :]
             return value
         if isinstance(value, list | tuple):
