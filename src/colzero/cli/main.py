@@ -8,7 +8,7 @@ import logging
 import sys
 
 #: modules under colzero.cli that define ``register(subparsers)``; each adds its commands
-COMMAND_MODULES = ("demo", "train", "recipe", "evaluate", "index", "data", "serve")
+COMMAND_MODULES = ("demo", "train", "recipe", "evaluate", "index", "data", "serve", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
