@@ -41,7 +41,7 @@ from colzero.training.trainer import run_phase
 from tests.conftest import WORDS, make_colbert
 
 STEPS = 3
-ATOL = 2e-6  # final weights (lr 1e-3, 3 steps)
+ATOL = 1e-5  # final weights (lr 1e-3, 3 steps): the issue's bar; measured up to 6e-6 (GradCache, 2 ranks)
 RTOL = 1e-5  # logged loss / grad norm / temperature
 TIMEOUT_S = 900  # a hang (mismatched collectives) fails the test instead of blocking the run
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -91,9 +91,11 @@ def _build(root: Path) -> dict[str, PhaseConfig]:
     ]
     # AdamW's eps: with the default 1e-8, Adam turns round-off-sized gradients (the attention key
     # biases, whose true gradient is 0 as softmax ignores a per-row shift; rare tokens' embedding
-    # rows) into +-lr updates, so the runs differed by up to 3e-5 in those. With 1e-4 small
-    # gradients move weights in proportion, and Adam is no longer blind to a wrong gradient scale.
-    adam = dict(learning_rate=1e-3, eps=1e-4)
+    # rows) into +-lr updates, so the runs differed by up to 3e-5 in those. With 1e-3 small
+    # gradients move weights in proportion, and Adam is no longer blind to a wrong gradient scale
+    # (with 1e-4, GradCache's token_type_embeddings[0, 0], a sum over every token, still differed
+    # by 1.4e-5 between 1 and 2 ranks on the sampler's batch order, with the old trainer as well).
+    adam = dict(learning_rate=1e-3, eps=1e-3)
     common = dict(
         model=model,
         output_dir=str(root),
