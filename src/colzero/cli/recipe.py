@@ -50,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     from colzero.training.cost import render_eval_table, render_table
     from colzero.training.pipeline import ndcg10, run_recipe
 
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 160)
     result = run_recipe(
         args.recipe,
         args.output,
@@ -85,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
                 ", ".join(row["sources"]),
             )
         console.print(table)
+        console.print(_sources_table(args.recipe, args.set, result.run_dir))
         console.print("recipe is valid (dry run: nothing trained)")
         return 0
     console.print(render_table(result.cost))
@@ -96,6 +97,37 @@ def _train(args: argparse.Namespace) -> int:
         )
     console.print(f"final model: {result.final_model}  (wall time this run {result.wall_time_s:,.0f} s)")
     return 0
+
+
+def _sources_table(recipe_ref: str, sets: list[str], run_dir):
+    from rich.table import Table
+
+    from colzero.training.pipeline import plan_sources
+    from colzero.training.recipe import load_recipe
+
+    recipe = load_recipe(recipe_ref, run_dir=run_dir, overrides=_overrides(sets))
+    rows = plan_sources(recipe, run_dir)
+    table = Table(
+        title="data: every source, its rows and its share of the phase (batches are drawn in proportion)"
+    )
+    for col in ("phase", "source", "rows", "share", "rows from"):
+        table.add_column(col, justify="right" if col in ("rows", "share") else "left")
+    unknown: dict[str, int] = {}
+    for r in rows:
+        if r["rows"] is None:
+            unknown[r["phase"]] = unknown.get(r["phase"], 0) + 1
+        table.add_row(
+            r["phase"],
+            r["source"],
+            "?" if r["rows"] is None else f"{r['rows']:,}",
+            "?" if r["share"] is None else f"{100 * r['share']:.2f}%",
+            r["from"],
+        )
+    if unknown:
+        table.caption = "shares are of the sources of known size; " + ", ".join(
+            f"{p}: {n} source(s) of unknown size" for p, n in unknown.items()
+        )
+    return table
 
 
 def _lengths(settings: dict) -> str:

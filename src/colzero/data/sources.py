@@ -90,7 +90,11 @@ def expand_splits(source: DataSource) -> list[DataSource]:
     names = split_names(source.path, source.format, source.config) if source.splits == "*" else source.splits
     if not names:
         raise DataError(f"{source.path}: source {source.name!r} has no splits")
-    return [dataclasses.replace(source, name=f"{source.name}/{s}", split=s, splits=None) for s in names]
+    sizes = source.rows if isinstance(source.rows, dict) else {}
+    return [
+        dataclasses.replace(source, name=f"{source.name}/{s}", split=s, splits=None, rows=sizes.get(s))
+        for s in names
+    ]
 
 
 class TrainingSource:
@@ -121,6 +125,13 @@ class TrainingSource:
         if len(self.table) == 0:
             raise DataError(f"{self.table.label}: source {source.name!r} holds no rows")
         self._check_schema()
+        if source.fewer_negatives == "shortest" and needs.kind == "contrastive" and needs.n_negatives:
+            self.needs = dataclasses.replace(
+                needs, n_negatives=min(needs.n_negatives, self._shortest_negatives())
+            )
+            logger.info(
+                "source %s: %d negatives per row (its shortest list)", self.name, self.needs.n_negatives
+            )
 
     # ------------------------------------------------------------------ checks
     def _role_columns(self) -> list[str]:
@@ -139,6 +150,17 @@ class TrainingSource:
                     f"{self.table.where(0)}: field {col!r} is missing (source {self.name!r} has columns "
                     f"{sorted(present)})"
                 )
+
+    def _shortest_negatives(self) -> int:
+        """The fewest negatives of any row (Arrow list lengths, one vectorised pass, no Python rows)."""
+        import pyarrow.compute as pc
+
+        total = None
+        for col in _columns(self.source.negatives):
+            lengths = pc.list_value_length(self.table.arrow.column(col))
+            total = lengths if total is None else pc.add(total, lengths)
+        shortest = pc.min(total).as_py() if total is not None else 0
+        return int(shortest or 0)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -318,3 +340,81 @@ def load_sources(
 
 # kept for callers of the previous API
 SourceData = TrainingSource
+
+
+@dataclass
+class SourceSize:
+    """A source's size for a plan: ``rows`` (None when unknown) and where the figure comes from."""
+
+    name: str
+    rows: int | None
+    origin: str  # "file" | "card" (the recipe's rows) | "hub" | "written by the run..." | "unknown offline"
+
+
+def _counted_rows(source: DataSource) -> tuple[int | None, str]:
+    """Rows of a local source without converting it (Parquet metadata, JSONL line count, Arrow)."""
+    from pathlib import Path
+
+    from colzero.data.readers import data_files, detect_format, iter_lines
+
+    fmt = detect_format(source.path, source.format)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        files = data_files(source.path, (".parquet",))
+        if source.split is not None and Path(source.path).is_dir():
+            from colzero.data.tables import _split_of
+
+            files = [f for f in files if _split_of(f, Path(source.path)) == source.split]
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files), "file"
+    if fmt == "jsonl":
+        return sum(
+            sum(1 for _ in iter_lines(f)) for f in data_files(source.path, (".jsonl", ".json"))
+        ), "file"
+    table, _ = open_table(source.path, fmt, source.split, source.config)
+    return len(table), "file"
+
+
+def source_sizes(
+    sources: list[DataSource], prepared: set[str] | frozenset[str] = frozenset()
+) -> list[SourceSize]:
+    """Every source of a phase (splits expanded) with its size, for ``--dry-run`` plans: local data
+    is counted without conversion, hub data comes from the recipe's ``rows`` (the data card) or,
+    when online, from the hub's dataset info; ``prepared`` paths are written by the run itself."""
+    from pathlib import Path
+
+    out = []
+    for spec in sources:
+        local = Path(spec.path).exists() or any(ch in spec.path for ch in "*?[")
+        if spec.path in prepared and not local:
+            out.append(SourceSize(spec.name, None, "written by the run's prepare step"))
+            continue
+        if spec.splits == "*" and not local and not _online():
+            out.append(SourceSize(f"{spec.name}/*", None, "unknown offline"))
+            continue
+        for s in expand_splits(spec):
+            if local:
+                out.append(SourceSize(s.name, *_counted_rows(s)))
+            elif isinstance(s.rows, int):
+                out.append(SourceSize(s.name, s.rows, "card"))
+            elif not _online():
+                out.append(SourceSize(s.name, None, "unknown offline"))
+            else:
+                out.append(SourceSize(s.name, _hub_rows(s), "hub"))
+    return out
+
+
+def _online() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True") and os.environ.get(
+        "HF_DATASETS_OFFLINE", "0"
+    ) not in ("1", "true", "True")
+
+
+def _hub_rows(source: DataSource) -> int | None:
+    try:
+        import datasets
+
+        info = datasets.load_dataset_builder(source.path, source.config).info
+        return int(info.splits[source.split or "train"].num_examples)
+    except Exception:  # a plan is informative: an unreachable hub leaves the size unknown
+        return None

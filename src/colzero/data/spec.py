@@ -74,7 +74,10 @@ class DataSource:
     - ``positive``: positive document text(s); a list value uses its FIRST element (contrastive).
       With ``documents`` set, values are document ids into that table.
     - ``negatives``: hard negatives (list column, or several columns); ids when ``documents`` is set.
-      ``max_negatives`` caps how many are kept per row (the first ones).
+      ``max_negatives`` caps how many are kept per row (the first ones). ``fewer_negatives =
+      "shortest"`` uses ``min(loss.n_negatives, shortest list of the source)`` negatives for this
+      source (PyLate's ColBERT-Zero supervised script does this per split); "error" (default)
+      stops at a row with too few.
     - ``candidate_ids`` / ``teacher_scores``: distillation candidates and their teacher scores; a
       list of column names is concatenated in order (e.g. ``["pos", "neg"]`` with
       ``["pos_scores", "neg_scores"]``). Candidates are ids when ``documents`` is set, texts otherwise.
@@ -101,8 +104,9 @@ class DataSource:
     queries: str | None = None
     query_id: str | None = None
     max_negatives: int | None = None
+    fewer_negatives: str = "error"
     streaming: bool = False
-    rows: int | None = None
+    rows: int | dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         where = f"DataSource {self.name!r}"
@@ -145,8 +149,15 @@ class DataSource:
             raise ValueError(
                 f"{where}: max_negatives must be a non-negative integer, got {self.max_negatives!r}"
             )
-        if self.rows is not None and (not isinstance(self.rows, int) or self.rows < 0):
-            raise ValueError(f"{where}: rows must be a non-negative integer, got {self.rows!r}")
+        if self.fewer_negatives not in ("error", "shortest"):
+            raise ValueError(
+                f"{where}: fewer_negatives must be 'error' or 'shortest', got {self.fewer_negatives!r}"
+            )
+        sizes = self.rows.values() if isinstance(self.rows, dict) else [self.rows]
+        if self.rows is not None and not all(isinstance(n, int) and n >= 0 for n in sizes):
+            raise ValueError(
+                f"{where}: rows must be a non-negative integer (or split -> integer), got {self.rows!r}"
+            )
         for name in ("documents", "queries"):
             if getattr(self, name) is not None:
                 setattr(self, name, str(getattr(self, name)))

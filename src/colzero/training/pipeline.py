@@ -235,6 +235,30 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def plan_sources(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    """Per phase, every source (splits expanded) with its size and its share of the phase's rows."""
+    from colzero.data.sources import source_sizes
+
+    prepared = {str(Path(step.output)) for step in recipe.prepare}
+    out = []
+    for i in range(len(recipe.phases)):
+        cfg = recipe.phase_config(i, model="<start>", output_dir=run_dir / recipe.phase_dir_name(i))
+        sizes = source_sizes(cfg.sources, prepared)
+        known = sum(s.rows for s in sizes if s.rows is not None)
+        for s in sizes:
+            share = s.rows / known if (s.rows is not None and known) else None
+            out.append(
+                {
+                    "phase": recipe.phase_dir_name(i),
+                    "source": s.name,
+                    "rows": s.rows,
+                    "share": share,
+                    "from": s.origin,
+                }
+            )
+    return out
+
+
 def default_run_dir(recipe_name: str) -> Path:
     return Path("runs") / recipe_name
 

@@ -66,8 +66,12 @@ class LossSpec(_Strict):
 class SourceSpec(_Strict):
     name: str = Field(min_length=1)
     path: str = Field(min_length=1)
-    format: Literal["auto", "jsonl", "parquet", "hf"] | None = None
+    format: Literal["auto", "jsonl", "parquet", "arrow", "hf"] | None = None
     split: str | None = None
+    #: one source per split: "*" (every split) or a list of split names
+    splits: Literal["*"] | list[str] | None = None
+    #: hub config (e.g. "train" of lightonai/ms-marco-en-bge-gemma)
+    config: str | None = None
     weight: float | None = Field(default=None, gt=0)
     query: str | None = None
     positive: str | list[str] | None = None
@@ -78,10 +82,14 @@ class SourceSpec(_Strict):
     queries: str | None = None
     query_id: str | None = None
     max_negatives: int | None = Field(default=None, ge=0)
+    #: "shortest": use min(loss.n_negatives, the source's shortest negatives list), as PyLate's
+    #: ColBERT-Zero supervised script does per split; "error" (default): a shorter row is an error
+    fewer_negatives: Literal["error", "shortest"] | None = None
     streaming: bool | None = None
     #: where the data comes from (hub name, paper, tool) — documentation only
     origin: str | None = None
-    rows: int | None = Field(default=None, ge=0)
+    #: size for the dry run where it cannot be read offline (per split for ``splits``)
+    rows: int | dict[str, int] | None = None
 
 
 class PrepareSpec(_Strict):
@@ -106,7 +114,11 @@ class PhaseSpec(_Strict):
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     log_every: int = Field(default=50, ge=1)
-    save_every: int | None = Field(default=None, ge=1)
+    #: optimizer steps between checkpoints (a killed run resumes from the last one)
+    save_every: int | None = Field(default=500, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    #: DataLoader worker processes that read and tokenise batches (0: on the training thread)
+    num_workers: int = Field(default=2, ge=0)
     eval_every: int | None = Field(default=None, ge=1)
     eval_datasets: list[str] | None = None
     #: evaluate this phase's output on the recipe's evaluation sets (the last phase always is)
@@ -212,7 +224,7 @@ class Recipe(_Strict):
         p = self.phases[index]
         sources = [
             tc.DataSource(
-                **{k: v for k, v in s.model_dump().items() if v is not None and k not in ("origin", "rows")}
+                **{k: v for k, v in s.model_dump().items() if v is not None and k not in ("origin",)}
             )
             for s in p.sources
         ]
@@ -235,6 +247,8 @@ class Recipe(_Strict):
             precision=p.precision,
             log_every=p.log_every,
             save_every=p.save_every,
+            keep_checkpoints=p.keep_checkpoints,
+            num_workers=p.num_workers,
             eval_every=p.eval_every,
             eval_datasets=list(eval_datasets if eval_datasets is not None else (p.eval_datasets or [])),
             drop_last=p.drop_last,
