@@ -82,7 +82,9 @@ def test_unknown_qrels_are_counted_and_warned(tmp_path, caplog):
 
 def test_duplicate_ids_name_file_and_line(tmp_path):
     root = write_beir(tmp_path / "set", docs=[*DOCS, ("d3", "", "again")])
-    with pytest.raises(DatasetError, match=r"corpus\.jsonl:7: field '_id': duplicate document id 'd3' \(first at .*:3\)"):
+    with pytest.raises(
+        DatasetError, match=r"corpus\.jsonl:7: field '_id': duplicate document id 'd3' \(first at .*:3\)"
+    ):
         load_dataset(root)
     root = write_beir(tmp_path / "q", queries=[*QUERIES, ("q1", "x")])
     with pytest.raises(DatasetError, match=r"queries\.jsonl:5: field '_id': duplicate query id 'q1'"):

@@ -11,6 +11,7 @@ workers have prefetched.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,10 @@ def input_pipeline(
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False)
+        # fork where there is one, also in processes that were themselves spawned (torch's mp.spawn
+        # makes "spawn" their default): workers start at once and share the memory-mapped tables
+        if "fork" in multiprocessing.get_all_start_methods():
+            kwargs["multiprocessing_context"] = "fork"
     return DataLoader(
         BatchReader(sources, collate),
         sampler=PlannedBatches(sampler, start, count),

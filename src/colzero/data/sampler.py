@@ -170,6 +170,7 @@ class SameSourceBatchSampler:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        ordered: Sequence[bool] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -199,6 +200,14 @@ class SameSourceBatchSampler:
         self.keep_partial = not drop_last and world_size == 1
         self.epoch = 0
         self.step = 0
+        # streamed sources are read in their own order: the n-th batch drawn from such a source in an
+        # epoch is its rows [n*B, (n+1)*B) (no permutation), so a stream is consumed front to back
+        self._ordered = (
+            np.zeros(len(sizes), dtype=bool) if ordered is None else np.asarray(ordered, dtype=bool)
+        )
+        if self._ordered.shape != (len(sizes),):
+            raise ValueError(f"ordered must give one flag per source, got {ordered}")
+        self._seen: tuple[int, int, np.ndarray] | None = None  # (epoch, step, draws per source before step)
 
         # O(sources) tables
         n = np.asarray(self.sizes, dtype=np.int64)
@@ -264,6 +273,37 @@ class SameSourceBatchSampler:
             self._anchor = (epoch, step, counts.copy())
         return counts
 
+    def _slot_sources(self, epoch: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unweighted mode: (source, batch index within the source) of slots ``[start, stop)``."""
+        slots = np.arange(start, stop, dtype=_U64)
+        order = _permute(slots, self._order_domain, round_keys(derive_key(self.seed, epoch, _ORDER)))
+        order = order.view(np.int64)
+        sources = np.searchsorted(self._batch_end, order, side="right")
+        return sources, order - self._batch_start[sources]
+
+    def _seen_before(self, epoch: int, step: int) -> np.ndarray:
+        """Unweighted mode: how many batches each source gave in slots ``[0, step)`` (bounded chunks)."""
+        seen = self._seen
+        if seen is not None and seen[0] == epoch and seen[1] <= step:
+            t, counts = seen[1], seen[2].copy()
+        else:
+            t, counts = 0, np.zeros(len(self.sizes), dtype=np.int64)
+        while t < step:
+            stop = min(step, t + _SCAN_SLOTS)
+            counts += np.bincount(self._slot_sources(epoch, t, stop)[0], minlength=len(self.sizes))
+            t = stop
+        self._seen = (epoch, step, counts.copy())
+        return counts
+
+    @staticmethod
+    def _occurrence(sources: np.ndarray) -> np.ndarray:
+        """For each slot, how many earlier slots of the array drew the same source."""
+        by_source = np.argsort(sources, kind="stable")
+        ordered = sources[by_source]
+        occurrence = np.empty(len(sources), dtype=np.int64)
+        occurrence[by_source] = np.arange(len(sources)) - np.searchsorted(ordered, ordered, side="left")
+        return occurrence
+
     def _compute(
         self, epoch: int, start: int, stop: int, drawn: np.ndarray | None, lo: int, hi: int
     ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -274,20 +314,16 @@ class SameSourceBatchSampler:
         B = self.batch_size
         count = stop - start
         if self.weights is None:
-            slots = np.arange(start, stop, dtype=_U64)
-            order = _permute(slots, self._order_domain, round_keys(derive_key(self.seed, epoch, _ORDER)))
-            order = order.view(np.int64)
-            sources = np.searchsorted(self._batch_end, order, side="right")
-            k = order - self._batch_start[sources]
+            sources, k = self._slot_sources(epoch, start, stop)
             cycle = np.zeros(count, dtype=np.int64)
+            if self._ordered.any():  # a stream's n-th batch of the epoch is its n-th block of rows
+                nth = self._seen_before(epoch, start)[sources] + self._occurrence(sources)
+                self._seen = (epoch, stop, self._seen[2] + np.bincount(sources, minlength=len(self.sizes)))
+                k = np.where(self._ordered[sources], nth, k)
         else:
             assert drawn is not None
             sources = self._draw_sources(epoch, start, stop)
-            by_source = np.argsort(sources, kind="stable")
-            ordered = sources[by_source]
-            occurrence = np.empty(count, dtype=np.int64)
-            occurrence[by_source] = np.arange(count) - np.searchsorted(ordered, ordered, side="left")
-            nth = drawn[sources] + occurrence
+            nth = drawn[sources] + self._occurrence(sources)
             drawn += np.bincount(sources, minlength=len(self.sizes))
             per_cycle = self._full_batches[sources]
             cycle, k = np.divmod(nth, per_cycle)
@@ -300,8 +336,11 @@ class SameSourceBatchSampler:
             valid = positions < domain[0]
             positions[~valid] = 0
         keys = np.repeat(round_keys(derive_key(self.seed, epoch, _ROWS, sources, cycle)), width, axis=1)
-        rows = _permute(positions, domain, keys)
-        rows = rows.view(np.int64).reshape(count, width)
+        rows = _permute(positions, domain, keys).view(np.int64)
+        if self._ordered.any():
+            streamed = np.repeat(self._ordered[sources], width)
+            rows = np.where(streamed, positions.view(np.int64), rows)
+        rows = rows.reshape(count, width)
         if partial:
             valid = valid.reshape(count, width)
             return sources, [r[v] for r, v in zip(rows, valid, strict=True)]

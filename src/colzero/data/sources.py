@@ -26,7 +26,7 @@ import numpy as np
 
 from colzero.data.readers import DataError, id_value
 from colzero.data.spec import DataSource
-from colzero.data.tables import IdTable, Table, open_id_table, open_table, split_names
+from colzero.data.tables import EmptyTable, IdTable, Table, open_id_table, open_table, split_names
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,12 @@ class TrainingSource:
             open_id_table(source.queries, what="query", cache_dir=cache_dir) if source.queries else None
         )
         self.table: Table
-        self.table, self.prepare_report = open_table(
-            source.path, source.format, source.split, source.config, cache_dir=cache_dir
-        )
+        try:
+            self.table, self.prepare_report = open_table(
+                source.path, source.format, source.split, source.config, cache_dir=cache_dir
+            )
+        except EmptyTable as exc:
+            raise DataError(f"{exc}: source {source.name!r} holds no rows") from None
         if len(self.table) == 0:
             raise DataError(f"{self.table.label}: source {source.name!r} holds no rows")
         self._check_schema()
@@ -171,10 +174,14 @@ class TrainingSource:
         rows = np.asarray(rows, dtype=np.int64)
         cols = list(dict.fromkeys(self._role_columns()))
         data = self.table.take(rows, cols)
-        parsed = [self._parse({c: data[c][i] for c in cols}, int(r)) for i, r in enumerate(rows.tolist())]
+        wheres = [_Where(self.table, int(r)) for r in rows.tolist()]
+        return self._build([self._parse({c: data[c][i] for c in cols}, w) for i, w in enumerate(wheres)])
+
+    def _build(self, parsed: list[_Parsed]) -> list[ContrastiveExample | DistillationExample]:
+        """Join ids to texts (one batched lookup per table) and make the examples."""
         if self.queries is not None:
             found = self._lookup(
-                self.queries, [p.query for p in parsed], [p.row for p in parsed], self.source.query_id
+                self.queries, [p.query for p in parsed], [p.where for p in parsed], self.source.query_id
             )
             for p, text in zip(parsed, found, strict=True):
                 p.query = text
@@ -183,7 +190,7 @@ class TrainingSource:
             texts = self._lookup(
                 self.documents,
                 ids,
-                [p.row for p in parsed for _ in p.docs],
+                [p.where for p in parsed for _ in p.docs],
                 [c for p in parsed for c in p.doc_cols],
             )
             pos = 0
@@ -193,14 +200,13 @@ class TrainingSource:
             return [DistillationExample(p.query, p.docs, p.scores) for p in parsed]
         return [ContrastiveExample(p.query, p.docs[0], p.docs[1:]) for p in parsed]
 
-    def _parse(self, row: dict[str, Any], row_no: int) -> _Parsed:
-        where = _Where(self.table, row_no)
+    def _parse(self, row: dict[str, Any], where: Any) -> _Parsed:
         s = self.source
         if self.queries is not None:
             query = id_value(_value(row, s.query_id, where), s.query_id, str(where))
         else:
             query = _text(row, s.query, where)
-        out = _Parsed(row_no, query)
+        out = _Parsed(where, query)
         if self.needs.kind == "distillation":
             for col in _columns(s.candidate_ids):
                 out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
@@ -247,16 +253,14 @@ class TrainingSource:
             return value
         return id_value(value, col, str(where))
 
-    def _lookup(self, table: IdTable, ids: list[str], rows: list[int], cols: list[str] | str) -> list[str]:
+    def _lookup(self, table: IdTable, ids: list[str], wheres: list[Any], cols: list[str] | str) -> list[str]:
         found = table.lookup(ids)
         missing = np.flatnonzero(found < 0)
         if missing.size:
             m = int(missing[0])
             col = cols if isinstance(cols, str) else cols[m]
             name = self.source.documents if table is self.documents else self.source.queries
-            raise DataError(
-                f"{self.table.where(rows[m])}: field {col!r}: {table.what} id {ids[m]!r} is not in {name}"
-            )
+            raise DataError(f"{wheres[m]}: field {col!r}: {table.what} id {ids[m]!r} is not in {name}")
         return table.texts(ids)
 
     def __getitem__(self, i: int) -> ContrastiveExample | DistillationExample:
@@ -273,7 +277,7 @@ class TrainingSource:
 class _Parsed:
     """One parsed row: query (text or id), documents (texts or ids) and the columns they came from."""
 
-    row: int
+    where: Any  # the row's place (rendered only for an error message)
     query: str
     docs: list[str] = dataclasses.field(default_factory=list)
     doc_cols: list[str] = dataclasses.field(default_factory=list)
@@ -285,6 +289,100 @@ class _Parsed:
 
     def keep(self, n: int) -> None:
         self.docs, self.doc_cols = self.docs[:n], self.doc_cols[:n]
+
+
+class StreamSource(TrainingSource):
+    """A source read front to back as a stream (``streaming = true``): hub datasets (or remote
+    shards) through ``datasets``' streaming mode, local JSONL / Parquet files through the one reader.
+
+    The sampler gives a stream its batches in order (``ordered``): the n-th batch drawn from it in
+    an epoch is its rows ``[n*B, (n+1)*B)``, so each DataLoader worker reads forward, never back
+    (a new epoch restarts the stream). Rows are checked as they are read; an error names the file
+    and line (local) or the dataset, split and row (hub). The size comes from the recipe's ``rows``,
+    the hub's dataset info, or a count of the local file.
+    """
+
+    def __init__(
+        self, source: DataSource, needs: RowNeeds | Any, cache_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        self.source = source
+        self.name = source.name
+        self.needs = needs if isinstance(needs, RowNeeds) else RowNeeds.of(needs)
+        if source.fewer_negatives == "shortest":
+            raise DataError(
+                f"source {source.name!r}: fewer_negatives='shortest' needs the whole table (not a stream)"
+            )
+        self.documents = open_id_table(source.documents, cache_dir=cache_dir) if source.documents else None
+        self.queries = (
+            open_id_table(source.queries, what="query", cache_dir=cache_dir) if source.queries else None
+        )
+        self.prepare_report = None
+        self._size = self._count()
+        if self._size == 0:
+            raise DataError(f"{source.path}: source {source.name!r} holds no rows")
+        self._reader: Iterator[tuple[str, dict[str, Any]]] | None = None
+        self._next = 0
+
+    def _count(self) -> int:
+        if isinstance(self.source.rows, int):
+            return self.source.rows
+        rows, _ = (
+            _counted_rows(self.source)
+            if os.path.exists(self.source.path)
+            else (_hub_rows(self.source), "hub")
+        )
+        if rows is None:
+            raise DataError(
+                f"{self.source.path}: source {self.source.name!r} is streamed and its size is unknown; "
+                "give rows = N in the recipe"
+            )
+        return int(rows)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"], state["_next"] = None, 0  # each DataLoader worker opens its own stream
+        return state
+
+    def _open(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        from colzero.data.readers import iter_rows
+
+        s = self.source
+        if os.path.exists(s.path):
+            return iter_rows(s.path, s.format, s.split, streaming=True)
+        from colzero.data.readers import iter_hf
+
+        return iter_hf(s.path, s.split or "train", True, s.config)
+
+    def examples(self, rows: Sequence[int] | np.ndarray) -> list[ContrastiveExample | DistillationExample]:
+        rows = np.asarray(rows, dtype=np.int64)
+        first = int(rows[0]) if len(rows) else 0
+        if len(rows) and not np.array_equal(rows, np.arange(first, first + len(rows))):
+            raise ValueError(
+                f"source {self.name!r} is a stream: rows must be one ascending block, got {rows[:5]}..."
+            )
+        if self._reader is None or first < self._next:
+            self._reader, self._next = self._open(), 0
+        parsed = []
+        for where, row in self._reader:
+            self._next += 1
+            if self._next - 1 >= first:
+                parsed.append(self._parse(row, where))
+                if len(parsed) == len(rows):
+                    break
+        if len(parsed) < len(rows):
+            raise DataError(
+                f"{self.source.path}: source {self.name!r} ended after {self._next} rows, fewer than its size {self._size}"
+            )
+        return self._build(parsed)
+
+    def check_all(self, chunk: int = 4096) -> Iterator[int]:
+        self._reader, self._next = None, 0
+        for start in range(0, len(self), chunk):
+            self.examples(np.arange(start, min(len(self), start + chunk)))
+            yield min(len(self), start + chunk)
 
 
 class _Where:
@@ -329,7 +427,7 @@ def load_sources(
     loaded = []
     for spec in sources:
         for s in expand_splits(spec):
-            data = TrainingSource(s, needs, cache_dir)
+            data = (StreamSource if s.streaming else TrainingSource)(s, needs, cache_dir)
             if len(data) < batch_size:
                 raise DataError(
                     f"{s.path}: source {s.name!r} has {len(data)} rows, fewer than the global batch size {batch_size}"

@@ -71,6 +71,10 @@ class Span:
     rows: int
 
 
+class EmptyTable(DataError):
+    """A table without a row (callers say what was expected: a corpus, a source...)."""
+
+
 class Table:
     """A memory-mapped table: ``dataset`` (``datasets.Dataset``) and where its rows came from."""
 
@@ -136,21 +140,43 @@ def _convert_parquet(src: Path, dest: Path) -> int:
     return rows
 
 
+def _check_utf8(path: Path, chunk: int = 1 << 26) -> None:
+    """Raise a DataError at the first undecodable byte (Arrow's JSON parser does not check UTF-8)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                line_start = block.rfind(b"\n", 0, exc.start) + 1
+                line = lines + block.count(b"\n", 0, exc.start) + 1
+                raise DataError(
+                    f"{path}:{line}: undecodable bytes at column {exc.start - line_start + 1} (the file must be UTF-8)"
+                ) from None
+            offset, lines = offset + len(block), lines + block.count(b"\n")
+
+
 def _convert_jsonl(src: Path, dest: Path) -> int:
     """JSONL → Arrow with ``datasets``' JSON builder (pyarrow's parser, schema unified across
     blocks). On failure the file is read line by line to name the bad line."""
     import datasets
     import pyarrow as pa
 
+    _check_utf8(src)
     scratch = dest.parent / f".{dest.name}.hf-{os.getpid()}"
     bars_were_on = not datasets.utils.are_progress_bars_disabled()
     datasets.utils.disable_progress_bars()  # the conversion reports its own rows/s
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(logging.CRITICAL)  # its parse errors are re-raised with the line
     try:
         try:
             ds = datasets.Dataset.from_json(str(src), cache_dir=str(scratch), keep_in_memory=False)
         except Exception as exc:  # datasets wraps pyarrow's errors, which give no line number
-            if not any(True for _ in iter_jsonl(src)):  # raises DataError at the first bad line
-                raise DataError(f"{src}: source file holds no rows") from None
+            if sum(1 for _ in iter_jsonl(src)) == 0:  # raises DataError at the first bad line
+                raise EmptyTable(f"{src}: the file holds no rows") from None
             raise DataError(f"{src}: cannot convert to Arrow ({type(exc).__name__}: {exc})") from exc
         with atomic_output(dest) as tmp:
             table = ds.data.table
@@ -164,6 +190,7 @@ def _convert_jsonl(src: Path, dest: Path) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
         if bars_were_on:
             datasets.utils.enable_progress_bars()
+        datasets.logging.set_verbosity(verbosity)
 
 
 @dataclass
@@ -416,7 +443,11 @@ def open_id_table(
         path, config = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else None)
     elif Path(spec).is_dir() and (Path(spec) / "corpus.jsonl").is_file():
         path = str(Path(spec) / "corpus.jsonl")
-    table, _ = open_table(path, config=config, cache_dir=cache_dir)
+    noun = "corpus" if what == "document" else f"{what} table"
+    try:
+        table, _ = open_table(path, config=config, cache_dir=cache_dir)
+    except EmptyTable:
+        raise DataError(f"{path}: the {noun} is empty") from None
     if len(table) == 0:
-        raise DataError(f"{table.label}: the {what} table is empty")
+        raise DataError(f"{table.label}: the {noun} is empty")
     return IdTable(table, cache_root(cache_dir), what=what)

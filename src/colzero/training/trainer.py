@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from colzero.data.collate import Collator, batch_to, count_tokens
 from colzero.data.loader import Position, input_pipeline
 from colzero.data.sampler import SameSourceBatchSampler
-from colzero.data.sources import load_sources
+from colzero.data.sources import StreamSource, load_sources
 from colzero.model.precision import autocast, resolve_precision
 from colzero.training import checkpoint as ckpt
 from colzero.training.config import LossConfig, PhaseConfig
@@ -183,6 +183,7 @@ class PhaseTrainer:
             rank=self.dist.rank,
             world_size=self.dist.world,
             drop_last=cfg.drop_last,
+            ordered=[isinstance(s, StreamSource) for s in self.sources],
         )
         per_epoch = len(self.sampler) // cfg.gradient_accumulation
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
