@@ -395,6 +395,7 @@ class PhaseTrainer:
         self.cost["wall_s"] += time.perf_counter() - t0
         self.cost["data_wait_s"] += wait
         self.cost["steps"] = self.global_step
+        self.cost.setdefault("first_step_unix", time.time())  # launch -> first step (benchmarks)
         metrics = {"loss": mean_loss, "lr": lr}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
@@ -428,7 +429,7 @@ class PhaseTrainer:
             return
         record = {"step": self.global_step, "epoch": self.epoch, **metrics}
         if not force:
-            record.update({k: v for k, v in self.cost.items() if k != "data_wait_s"})
+            record.update({k: v for k, v in self.cost.items() if k not in ("data_wait_s", "first_step_unix")})
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
         if self.writer is not None:
@@ -456,6 +457,7 @@ class PhaseTrainer:
         """Rank 0 writes ``checkpoints/step-N``; every rank must then see it."""
         d = self.dist
         rngs = d.gather(ckpt.rng_state())
+        rss = d.gather(round(peak_rss_mb(), 1))
         folder = ckpt.step_dir(self.out, self.global_step)
         if d.is_main:
             state = {
@@ -472,7 +474,7 @@ class PhaseTrainer:
             ckpt.save_checkpoint(
                 self.out, self.global_step, self.model, state, keep=self.cfg.keep_checkpoints
             )
-            self.write_cost()
+            self.write_cost(rss)
         d.barrier()
         if not d.all_ok((folder / ckpt.STATE_FILE).is_file()):
             raise CheckpointNotVisible(
@@ -481,7 +483,8 @@ class PhaseTrainer:
             )
         return folder
 
-    def write_cost(self) -> None:
+    def write_cost(self, rss_per_rank: list[float]) -> None:
+        """``cost.json`` (rank 0): counters, time waiting for data, peak memory of every rank."""
         if not self.dist.is_main:
             return
         d = self.dist
@@ -491,7 +494,8 @@ class PhaseTrainer:
             world_size=d.world,
             device=str(d.device),
             precision=self.precision,
-            peak_rss_mb=round(peak_rss_mb(), 1),
+            peak_rss_mb=max(rss_per_rank),
+            peak_rss_mb_per_rank=rss_per_rank,
         )
         if d.device.type == "cuda":
             record["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(d.device) / 2**20, 1)
@@ -517,9 +521,10 @@ class PhaseTrainer:
             }
         }
         self.checkpoint()  # the phase's last state: a rerun finds it complete
+        rss = self.dist.gather(round(peak_rss_mb(), 1))
         if self.dist.is_main:
             self.model.save(self.final_dir)
-        self.write_cost()
+        self.write_cost(rss)
         self.dist.barrier()
         return self.final_dir
 
