@@ -160,3 +160,19 @@ def mine_file(input: str | Path, documents: str | Path, output: str | Path, **kw
     rows = [row for _, row in iter_jsonl(input)]
     corpus = load_text_table(documents)
     return write_jsonl(output, mine(rows, corpus, **kwargs), what="mined rows")
+
+
+def mine_beir(beir: str | Path, output: str | Path, *, split: str = "train", **kwargs: Any) -> int:
+    """Hard negatives for the queries of a BEIR split (a folder or a hub name such as
+    ``BeIR/scifact``): each query's positives are its qrels with grade > 0, the corpus is the
+    dataset's. Rows ``{query_id, query, pos, neg, neg_source}``, written atomically."""
+    from colzero.evaluation.datasets import load_dataset
+
+    ds = load_dataset(str(beir), split=split)
+    rows = [
+        {"query_id": q, "query": text, "pos": [d for d, grade in ds.qrels[q].items() if grade > 0]}
+        for q, text in zip(ds.query_ids, ds.query_texts, strict=True)
+    ]
+    rows = [r for r in rows if r["pos"]]
+    corpus = dict(zip(ds.corpus_ids, ds.corpus_texts, strict=True))
+    return write_jsonl(output, mine(rows, corpus, **kwargs), what=f"mined rows of {beir} ({split})")

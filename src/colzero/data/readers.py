@@ -125,17 +125,29 @@ def iter_parquet(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
                 row_no += 1
 
 
+def parse_hub(spec: str) -> tuple[str, str | None]:
+    """``(name, config)`` of a hub reference: ``org/name``, ``hf://org/name`` or ``hf://org/name/config``."""
+    parts = spec.removeprefix("hf://").split("/")
+    return "/".join(parts[:2]), (parts[2] if len(parts) > 2 else None)
+
+
 def iter_hf(path: str, split: str | None, streaming: bool, config: str | None = None):
-    """Rows of a Hugging Face dataset (hub name or ``save_to_disk`` folder)."""
+    """Rows of a Hugging Face dataset (hub name, ``hf://org/name/config``, ``save_to_disk`` folder).
+
+    Without a split, a dataset with one split (BEIR's ``corpus`` config) gives that split."""
     import datasets
 
+    if path.startswith("hf://"):
+        path, config = parse_hub(path)[0], parse_hub(path)[1] or config
     try:
         if Path(path).is_dir():
             ds = datasets.load_from_disk(path)
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[split or next(iter(ds))]
         else:
-            ds = datasets.load_dataset(path, config, split=split or "train", streaming=streaming)
+            ds = datasets.load_dataset(path, config, split=split, streaming=streaming)
+        if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            if split is None and len(ds) > 1 and "train" in ds:
+                split = "train"
+            ds = ds[split or next(iter(ds))]
     except (FileNotFoundError, ValueError, KeyError, ConnectionError) as exc:
         raise DataError(f"{path} (split {split!r}): cannot load the Hugging Face dataset ({exc})") from exc
     label = f"{path}[{split or 'train'}]"
@@ -161,8 +173,8 @@ def detect_format(path: str, fmt: str = "auto") -> str:
         ):
             return "hf"
         return _format_of_files([f for f in p.rglob("*") if f.is_file()], text)
-    if not os.path.isabs(text) and "/" in text and not text.startswith("."):
-        return "hf"  # a hub name such as "org/dataset"
+    if text.startswith("hf://") or (not os.path.isabs(text) and "/" in text and not text.startswith(".")):
+        return "hf"  # a hub name such as "org/dataset" or "hf://org/dataset/config"
     raise FileNotFoundError(f"{text}: data file or folder not found")
 
 
@@ -194,7 +206,7 @@ def iter_rows(
     if fmt == "parquet":
         return iter_parquet(path)
     if fmt in ("hf", "arrow"):
-        return iter_hf(path, split, streaming)
+        return iter_hf(path, split, streaming or path.startswith("hf://"))
     raise DataError(f"{path}: unknown format {fmt!r}")
 
 
@@ -275,10 +287,11 @@ def _label(source: Any) -> str:
 
 def _raw_documents(source: Any) -> Iterator[Document]:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir() and (path / "corpus.jsonl").is_file():
-            path = path / "corpus.jsonl"
-        for where, row in iter_rows(str(path)):
+        text = os.fspath(source)
+        if not text.startswith("hf://"):  # a hub table: hf://org/name/config (streamed)
+            path = Path(text)
+            text = str(path / "corpus.jsonl" if path.is_dir() and (path / "corpus.jsonl").is_file() else path)
+        for where, row in iter_rows(text, split=None):
             yield _document(row, where)
         return
     for n, item in enumerate(source):

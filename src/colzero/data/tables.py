@@ -41,6 +41,7 @@ from colzero.data.readers import (
     document_text,
     iter_jsonl,
     iter_lines,
+    parse_hub,
 )
 
 logger = logging.getLogger(__name__)
@@ -261,16 +262,19 @@ def _open_hf(path: str, split: str | None, config: str | None, cache: Path) -> t
     import datasets
 
     t0 = time.perf_counter()
+    if path.startswith("hf://"):
+        path, config = parse_hub(path)[0], parse_hub(path)[1] or config
     label = f"{path}[{split or 'train'}]"
     try:
-        if Path(path).is_dir():
-            ds = datasets.load_from_disk(path)
-            if isinstance(ds, datasets.DatasetDict):
-                if split is not None and split not in ds:
-                    raise DataError(f"{path}: no split {split!r} (splits: {list(ds)})")
-                ds = ds[split or next(iter(ds))]
-        else:
-            ds = datasets.load_dataset(path, config, split=split or "train")
+        ds = (
+            datasets.load_from_disk(path)
+            if Path(path).is_dir()
+            else datasets.load_dataset(path, config, split=split)
+        )
+        if isinstance(ds, datasets.DatasetDict):
+            if split is not None and split not in ds:
+                raise DataError(f"{path}: no split {split!r} (splits: {list(ds)})")
+            ds = ds[split or ("train" if "train" in ds else next(iter(ds)))]
     except DataError:
         raise
     except Exception as exc:
@@ -439,8 +443,7 @@ def open_id_table(
     config = None
     path = spec
     if spec.startswith("hf://"):
-        parts = spec[5:].split("/")
-        path, config = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else None)
+        path, config = parse_hub(spec)
     elif Path(spec).is_dir() and (Path(spec) / "corpus.jsonl").is_file():
         path = str(Path(spec) / "corpus.jsonl")
     noun = "corpus" if what == "document" else f"{what} table"

@@ -153,6 +153,10 @@ def run_prepare(recipe: Recipe) -> list[Path]:
             from colzero.data.teacher import score_file
 
             n = score_file(args.pop("model"), args.pop("input"), args.pop("documents"), out, **args)
+        elif "beir" in args:  # negatives for a BEIR split's queries, from its own qrels and corpus
+            from colzero.data.mining import mine_beir
+
+            n = mine_beir(args.pop("beir"), out, **args)
         else:
             from colzero.data.mining import mine_file
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 STAGES = ("unsupervised", "supervised", "distillation")
 LOSS_KINDS = ("contrastive", "cached_contrastive", "distillation")
-_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+(?::[A-Za-z0-9_.-]+)?)\}")
 
 
 class RecipeError(ValueError):
@@ -98,6 +98,8 @@ class PrepareSpec(_Strict):
     tool: Literal["pairs", "mine", "score"]
     output: str
     args: dict[str, Any] = Field(default_factory=dict)
+    #: the asset this step makes when no other place has it (the step is dropped otherwise)
+    builds: str | None = None
 
 
 class PhaseSpec(_Strict):
@@ -167,6 +169,8 @@ class Recipe(_Strict):
     phases: list[PhaseSpec] = Field(min_length=1)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     notes: list[str] = Field(default_factory=list)
+    #: where each ``[assets]`` entry was found: name -> {"value", "place"} (written by the loader)
+    assets: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _phases(self) -> Recipe:
@@ -388,10 +392,37 @@ def parse_recipe(
         raise RecipeError(f"{display}: invalid TOML: {exc}") from None
     if overrides:
         data = merge(data, overrides)
-    data = resolve_placeholders(data, placeholder_values(directory, run_dir))
+    values = placeholder_values(directory, run_dir)
+    data = _resolve_assets(data, values, display)
+    data = resolve_placeholders(data, values)
     recipe = validate_recipe(data, display)
     recipe.check(display)
     return recipe
+
+
+def _resolve_assets(data: dict[str, Any], values: dict[str, str], display: str) -> dict[str, Any]:
+    """Resolve ``[assets]`` (see :mod:`colzero.training.assets`) into ``${asset:NAME}`` values; keep
+    only the prepare steps whose asset is built by the run."""
+    from colzero.training import assets
+
+    table = data.pop("assets", None)
+    if not table:
+        return data
+    try:
+        found = assets.resolve_assets(resolve_placeholders(table, values), shared_dir())
+    except assets.AssetError as exc:
+        raise RecipeError(f"{display}: {exc}") from None
+    values.update({f"asset:{name}": r.value for name, r in found.items()})
+    steps = []
+    for i, step in enumerate(data.get("prepare", [])):
+        target = step.get("builds") if isinstance(step, dict) else None
+        if target is not None and target not in found:
+            raise RecipeError(f"{display}: prepare[{i}].builds: no asset named {target!r}")
+        if target is None or found[target].place == "prepared":
+            steps.append(step)
+    data = {**data, "prepare": steps}
+    data["assets"] = {name: {"value": r.value, "place": r.place} for name, r in found.items()}
+    return data
 
 
 def merge(base: Any, extra: Any) -> Any:
