@@ -168,12 +168,15 @@ class PackedEmbeddings:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         min_width: int = 0,
+        out: torch.Tensor | None = None,
     ) -> PaddedEmbeddings:
         """``rows``' texts (default: all) padded to the longest of them: ``(len(rows), width, dim)``.
 
         ``width`` = max(longest length, ``min_width``). The gather runs where the vectors live (one
         ``index_select``); the result is then moved to ``device`` / cast to ``dtype``. Empty texts
-        get zero rows and an all-False mask row.
+        get zero rows and an all-False mask row. ``out``: a flat buffer ``(>= len(rows) * width,
+        dim)`` of the vectors' dtype and device to gather into (no fresh allocation: the result
+        may alias it, so it is only valid until the buffer is reused).
         """
         if fill not in ("zeros", "last"):
             raise ValueError(f"fill must be 'zeros' or 'last', got {fill!r}")
@@ -193,12 +196,15 @@ class PackedEmbeddings:
         pos = pos.clamp_(max=max(0, self.vectors.shape[0] - 1)).reshape(-1)
         if self.vectors.shape[0] == 0:
             emb = self.vectors.new_zeros((len(idx), width, self.dim))
+        elif out is not None and out.shape[0] >= len(pos):
+            emb = torch.index_select(self.vectors, 0, pos, out=out[: len(pos)])
+            emb = emb.view(len(idx), width, self.dim)
         else:
             emb = self.vectors.index_select(0, pos).view(len(idx), width, self.dim)
         if fill == "zeros":
-            emb = emb.masked_fill(~mask[..., None], 0)
+            emb.masked_fill_(~mask[..., None], 0)
         elif bool((lens == 0).any()):
-            emb = emb.masked_fill((lens == 0)[:, None, None], 0)
+            emb.masked_fill_((lens == 0)[:, None, None], 0)
         target = torch.device(device) if device is not None else emb.device
         emb = emb.to(device=target, dtype=dtype or emb.dtype, non_blocking=True)
         return PaddedEmbeddings(emb, mask.to(target))
@@ -214,18 +220,24 @@ class PackedEmbeddings:
         fill: Fill = "last",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        reuse_buffer: bool = False,
     ) -> Iterator[tuple[torch.Tensor, PaddedEmbeddings]]:
         """``(rows, padded)`` for groups of ``size`` texts of similar length (longest first).
 
         Every text appears in exactly one group; each group is padded to its own longest text,
-        so the padding is small once the texts are sorted.
+        so the padding is small once the texts are sorted. ``reuse_buffer``: gather every group
+        into one buffer (no allocation per group); a group is then valid only until the next.
         """
         if size < 1:
             raise ValueError(f"group size must be >= 1, got {size}")
         order = self.length_order()
+        buffer = None
+        if reuse_buffer and len(order):
+            longest = max(1, int(self.lengths.max()))
+            buffer = self.vectors.new_empty((min(size, len(order)) * longest, self.dim))
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            yield rows, self.padded(rows, fill=fill, device=device, dtype=dtype, min_width=1)
+            yield rows, self.padded(rows, fill=fill, device=device, dtype=dtype, min_width=1, out=buffer)
 
     # ------------------------------------------------------------------ device, storage
     def to(

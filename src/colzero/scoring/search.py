@@ -172,7 +172,8 @@ def _score_chunks(
             chunk = vectors[start : start + group].to(device=device, dtype=torch.float32)
             yield q @ chunk.T, torch.arange(start, start + chunk.shape[0], device=device)
         return
-    for rows, docs in corpus.groups(group, fill="last", device=device, dtype=torch.float32):
+    groups = corpus.groups(group, fill="last", device=device, dtype=torch.float32, reuse_buffer=True)
+    for rows, docs in groups:
         nonempty = docs.mask[:, :1].expand_as(docs.mask)  # "last" padding: every position of a real doc
         scores = maxsim_all_pairs(q, docs.embeddings, nonempty, query_mask, budget_bytes=budget_bytes)
         yield scores.masked_fill_(~docs.mask[:, 0], float("-inf")), rows.to(device)
@@ -232,7 +233,7 @@ def search(
 
 def _candidate_matrix(candidates: torch.Tensor | Sequence[Sequence[int]], n_queries: int) -> torch.Tensor:
     if isinstance(candidates, torch.Tensor | np.ndarray):
-        cand = torch.as_tensor(candidates, dtype=torch.long)
+        cand = torch.as_tensor(candidates, dtype=torch.long).cpu()
     else:
         rows = [list(r) for r in candidates]
         width = max((len(r) for r in rows), default=0)
@@ -275,6 +276,8 @@ def score_candidates(
         return out
     if score == "dot" and not packed.is_single_vector():
         raise ValueError("dot scoring needs a single-vector corpus (one vector per document)")
+    if q.shape[-1] != packed.dim:
+        raise ValueError(f"dimension mismatch: queries {q.shape[-1]} vs corpus {packed.dim}")
     lengths = packed.lengths.cpu()[cand.clamp(min=0)]
     width = max(1, int(lengths.max()))
     dim = q.shape[-1]
@@ -282,11 +285,17 @@ def score_candidates(
     per_query = c * max(width * dim, lq * width)  # gathered documents or similarity tensor, elements
     step = max(1, budget_elements(budget_bytes, torch.float32) // per_query)
     home = packed.offsets.device
+    buffer = packed.vectors.new_empty((min(step, nq) * c * width, dim))  # one gather buffer for all chunks
     for s in range(0, nq, step):
         rows = cand[s : s + step]
         b = rows.shape[0]
         docs = packed.padded(
-            rows.clamp(min=0).to(home), fill="last", device=q.device, dtype=torch.float32, min_width=1
+            rows.clamp(min=0).to(home),
+            fill="last",
+            device=q.device,
+            dtype=torch.float32,
+            min_width=1,
+            out=buffer,
         )
         if score == "dot":
             got = torch.einsum("bd,bcd->bc", q[s : s + step], docs.embeddings.view(b, c, dim))

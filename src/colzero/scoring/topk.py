@@ -12,21 +12,31 @@ import torch
 
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, maxsim_all_pairs
 
-#: sort key of an empty slot (index -1): after every real document
-_LAST = torch.iinfo(torch.long).max
+_LOW = (1 << 32) - 1
+
+
+def order_key(scores: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """One int64 per entry whose descending order is (score descending, index ascending, -1 last).
+
+    High 32 bits: the float32 score's bits made order-preserving as a signed integer (negative
+    floats have their magnitude bits flipped; ``-0.0`` is first made ``+0.0``). Low 32 bits:
+    ``2**32 - 1 - index`` (0 for ``-1``). Indices must be below ``2**32 - 1``.
+    """
+    bits = (scores.float() + 0.0).view(torch.int32)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    low = torch.where(indices < 0, torch.zeros_like(indices), _LOW - indices)
+    return bits.long() * (1 << 32) + low
 
 
 def order_topk(scores: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``k`` columns of each row of ``scores`` (nq, c) / ``indices`` (nq, c), in order.
 
-    Two stable sorts: by index ascending (``-1`` last), then by score descending, so equal
-    scores keep the smaller index first whatever order the chunks came in.
+    One ``topk`` over :func:`order_key`, so equal scores keep the smaller index first whatever
+    order the chunks came in.
     """
-    key = torch.where(indices < 0, torch.full_like(indices, _LAST), indices)
-    by_index = key.argsort(dim=1, stable=True)
-    scores, indices = scores.gather(1, by_index), indices.gather(1, by_index)
-    by_score = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return scores.gather(1, by_score), indices.gather(1, by_score)
+    k = min(k, scores.shape[1])
+    best = order_key(scores, indices).topk(k, dim=1).indices
+    return scores.gather(1, best), indices.gather(1, best)
 
 
 class TopK:
@@ -45,6 +55,12 @@ class TopK:
             return
         if indices.dim() == 1:
             indices = indices.unsqueeze(0).expand(scores.shape[0], -1)
+        if 0 < self.k < scores.shape[1]:
+            # a plain top-k of the chunk first (the common, fast path); exact unless a tie
+            # crosses the cut, in which case the whole chunk goes through the ordered merge
+            top = scores.topk(self.k, dim=1)
+            if not bool(((scores >= top.values[:, -1:]).sum(dim=1) > self.k).any()):
+                scores, indices = top.values, indices.gather(1, top.indices)
         cand_s = torch.cat([self.scores, scores.to(self.scores.dtype)], dim=1)
         cand_i = torch.cat([self.indices, indices.to(self.indices.device)], dim=1)
         self.scores, self.indices = order_topk(cand_s, cand_i, self.k)
