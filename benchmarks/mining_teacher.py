@@ -21,8 +21,10 @@ default ``/work/main/src``; after = this tree's ``src``), same inputs, same run:
 
 Encoding is identical code on both sides and dominates on a CPU, so it is measured once (here,
 when the encoding cache is built) and both sides read the cached vectors: their ``model.encode``
-is replaced by a lookup, so the timed repeats are the scoring part alone. Wall times are medians
-over ``--repeats`` after one untimed warm-up. Results: ``benchmarks/results/mining_teacher-*.json``.
+is replaced by a lookup, so the timed runs are the scoring part alone. Each of ``--repeats``
+rounds starts both sides afresh, in alternating order (before/after, then after/before, ...);
+each task is warmed up on two queries, then timed once on all. Wall times are medians over the
+rounds. Results: ``benchmarks/results/mining_teacher-*.json``.
 """
 
 from __future__ import annotations
@@ -98,37 +100,35 @@ queries = [r["query"] for r in rows]
 multi = args["kind"] == "colbert"
 
 
-def timed(fn, repeats):
-    fn()  # warm-up: model load, allocator, caches
-    out = []
-    for _ in range(repeats):
-        lookup["s"] = 0.0
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0 - lookup["s"])
-    return out
+def timed(fn, warm):
+    warm()  # warm-up on two queries: model load, allocator, caches
+    lookup["s"] = 0.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0 - lookup["s"]
 
 
 result = {}
 mined = {}
 
 
-def run_mining():
-    mined["rows"] = mine(rows, corpus, model=args["model"], bm25=False, k=args["k"],
+def run_mining(some):
+    mined["rows"] = mine(some, corpus, model=args["model"], bm25=False, k=args["k"],
                          n_negatives=args["n_negatives"], margin=0.95)
 
 
-result["mining_s"] = timed(run_mining, args["repeats"])
+result["mining_s"] = timed(lambda: run_mining(rows), lambda: run_mining(rows[:2]))
 result["mining_negatives"] = [r["neg"] for r in mined["rows"]]
 
 out_file = args["workdir"] + f"/kd-{args['side']}-{args['kind']}.jsonl"
 
 
-def run_score_file():
-    score_file(args["model"], args["train"], args["corpus"], out_file, n_candidates=args["candidates"])
+def run_score_file(max_queries=None):
+    score_file(args["model"], args["train"], args["corpus"], out_file, n_candidates=args["candidates"],
+               max_queries=max_queries)
 
 
-result["score_file_s"] = timed(run_score_file, args["repeats"])
+result["score_file_s"] = timed(run_score_file, lambda: run_score_file(2))
 kd = [json.loads(line) for line in open(out_file)]
 result["teacher_rows"] = len(kd)
 result["teacher_scores"] = [r["scores"] for r in kd]
@@ -139,10 +139,10 @@ cands = [r["document_ids"] for r in kd]
 teacher.encode_documents([c for cs in cands for c in cs], corpus)
 teacher.encode_queries(texts)
 if hasattr(teacher, "score_batch"):
-    score_calls = lambda: teacher.score_batch(texts, cands, corpus)  # noqa: E731
+    score_calls = lambda n: teacher.score_batch(texts[:n], cands[:n], corpus)  # noqa: E731
 else:
-    score_calls = lambda: [teacher.score(t, c, corpus) for t, c in zip(texts, cands)]  # noqa: E731
-result["teacher_calls_s"] = timed(score_calls, args["repeats"])
+    score_calls = lambda n: [teacher.score(t, c, corpus) for t, c in zip(texts[:n], cands[:n])]  # noqa: E731
+result["teacher_calls_s"] = timed(lambda: score_calls(len(texts)), lambda: score_calls(2))
 
 ids = list(corpus)
 docs = [torch.from_numpy(vectors[("document", corpus[i])]) for i in ids]
@@ -154,14 +154,15 @@ if multi:
     emb = CorpusEmbeddings(torch.cat(docs).numpy(), offsets)
     q = colzero.pad_embeddings(qs)
     qmask = None if bool(q.mask.all()) else q.mask
-    floor = lambda: search_colbert(q.embeddings, qmask, emb, want, doc_group=256, budget_bytes=32 * 1024**2)  # noqa: E731
+    floor = lambda n=None: search_colbert(q.embeddings[:n], None if qmask is None else qmask[:n], emb, want,  # noqa: E731
+                                         doc_group=256, budget_bytes=32 * 1024**2)
     result["doc_tokens"] = int(lengths.sum())
     result["query_length"] = int(q.embeddings.shape[1])
 else:
     emb = CorpusEmbeddings(torch.stack(docs).numpy(), None)
     qt = torch.stack(qs)
-    floor = lambda: search_dense(qt, emb, want)  # noqa: E731
-result["floor_s"] = timed(floor, args["repeats"])
+    floor = lambda n=None: search_dense(qt[:n], emb, want)  # noqa: E731
+result["floor_s"] = timed(floor, lambda: floor(2))
 result["colzero_file"] = colzero.__file__
 json.dump(result, open(args["out"], "w"))
 """
@@ -330,10 +331,12 @@ def main() -> None:
                 "repeats": args.repeats,
                 "threads": args.threads,
             }
-            sides = {
-                side: run_side(side, src, spec)
-                for side, src in (("before", args.before_src), ("after", after_src))
-            }
+            rounds: dict[str, list[dict]] = {"before": [], "after": []}
+            for r in range(args.repeats):
+                pair = [("before", args.before_src), ("after", after_src)]
+                for side, src in pair if r % 2 == 0 else pair[::-1]:
+                    rounds[side].append(run_side(side, src, spec))
+            sides = {side: runs[-1] for side, runs in rounds.items()}
             nq, nd = len(rows), len(corpus)
             n_kd = sides["after"]["teacher_rows"]
             entry = {
@@ -343,11 +346,11 @@ def main() -> None:
                 "teacher_rows": n_kd,
                 "check": compare(**sides),
             }
-            for side, r in sides.items():
+            for side, runs in rounds.items():
                 entry[side] = {
-                    key: {"median_s": median(r[key]), "all_s": r[key]}
+                    key: {"median_s": median([r[key] for r in runs]), "all_s": [r[key] for r in runs]}
                     for key in ("mining_s", "score_file_s", "teacher_calls_s", "floor_s")
-                } | {"colzero_file": r["colzero_file"], "doc_tokens": r.get("doc_tokens")}
+                } | {"colzero_file": runs[-1]["colzero_file"], "doc_tokens": runs[-1].get("doc_tokens")}
             results["models"][kind] = entry
             b, a = entry["before"], entry["after"]
             for task, key, n in (
