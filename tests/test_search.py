@@ -421,3 +421,6 @@ def test_model_search_and_teacher_equal_the_reference(tmp_path, kind):
         assert got[qi] == pytest.approx([table[qi][ids.index(d)] for d in docs], abs=1e-4)
     assert teacher.score(QUERIES[2], lists[2], CORPUS) == pytest.approx(got[2], abs=1e-6)
     assert teacher.score_batch([], [], CORPUS) == []
+    growing = Teacher(tmp_path / "m")  # the packed document cache grows between calls
+    assert growing.score(QUERIES[0], ["p"], CORPUS) == pytest.approx(got[0][:1], abs=1e-6)
+    assert growing.score_batch(QUERIES, lists, CORPUS) == [pytest.approx(r, abs=1e-6) for r in got]

@@ -79,6 +79,8 @@ class Teacher:
             self.model.to(device)
         self._doc_cache: dict[str, Any] = {}
         self._query_cache: dict[str, Any] = {}
+        self._packed: PackedEmbeddings | None = None
+        self._packed_row: dict[str, int] = {}
 
     def kind(self) -> str:
         return "cross-encoder" if self.cross else ("colbert-maxsim" if self.multi else "dense-dot")
@@ -126,22 +128,35 @@ class Teacher:
             return []
         self.encode_documents([d for ids in doc_ids for d in ids], corpus)
         self.encode_queries(queries)
-        unique = list(dict.fromkeys(d for ids in doc_ids for d in ids))
-        row = {d: r for r, d in enumerate(unique)}
+        docs, row = self._packed_documents()
         candidates = [[row[d] for d in ids] for ids in doc_ids]
         qvecs = [torch.as_tensor(self._query_cache[q]) for q in queries]
-        dvecs = [torch.as_tensor(self._doc_cache[d]) for d in unique]
         if self.multi:
-            dim = self.model.config.embedding_dim
-            docs = PackedEmbeddings.from_list(dvecs, dim=dim)
-            qpad = PackedEmbeddings.from_list(qvecs, dim=dim).padded()
+            qpad = PackedEmbeddings.from_list(qvecs, dim=self.model.config.embedding_dim).padded()
             scores = score_candidates(qpad, docs, candidates, score="maxsim", device=self.model.device)
         else:
-            docs = PackedEmbeddings(torch.stack(dvecs) if dvecs else torch.zeros((0, qvecs[0].shape[-1])))
             scores = score_candidates(
                 torch.stack(qvecs), docs, candidates, score="dot", device=self.model.device
             )
         return [scores[i, : len(ids)].tolist() for i, ids in enumerate(doc_ids)]
+
+    def _packed_documents(self) -> tuple[PackedEmbeddings, dict[str, int]]:
+        """Every cached document in one packed matrix, re-packed only after new documents were
+        encoded; the cache then holds views of it, so each vector is stored once."""
+        if self._packed is None or len(self._packed_row) != len(self._doc_cache):
+            ids = list(self._doc_cache)
+            vecs = [torch.as_tensor(self._doc_cache[d]) for d in ids]
+            if self.multi:
+                packed = PackedEmbeddings.from_list(vecs, dim=self.model.config.embedding_dim)
+                views = [packed.doc(r) for r in range(len(ids))]
+            else:
+                packed = PackedEmbeddings(
+                    torch.stack(vecs) if vecs else torch.zeros((0, self.model.hidden_size))
+                )
+                views = list(packed.vectors)
+            self._doc_cache = dict(zip(ids, views, strict=True))
+            self._packed, self._packed_row = packed, {d: r for r, d in enumerate(ids)}
+        return self._packed, self._packed_row
 
     def _cross_scores(self, query: str, doc_ids: Sequence[str], corpus: dict[str, str]) -> list[float]:
         out: list[float] = []
