@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from colzero.scoring.packed import PackedEmbeddings, PaddedEmbeddings, pad_embeddings
+from colzero.scoring.packed import PackedBuilder, PackedEmbeddings, PaddedEmbeddings, pad_embeddings
 from colzero.scoring.search import score_candidates, search
 from colzero.scoring.topk import TopK, order_topk
 
@@ -126,6 +126,22 @@ def test_packed_rejects_bad_offsets():
     with pytest.raises(ValueError, match="dim="):
         PackedEmbeddings.from_list([])
     assert len(PackedEmbeddings.from_list([], dim=7)) == 0
+
+
+def test_packed_builder_grows_and_equals_from_list():
+    g = torch.Generator().manual_seed(11)
+    batches = [int_matrices(g, lengths, 3) for lengths in ([2, 0, 4], [], [1], [5, 5, 0, 3], [7] * 9)]
+    builder = PackedBuilder(3)
+    everything: list[torch.Tensor] = []
+    for batch in batches:
+        rows = builder.extend(batch)
+        assert list(rows) == list(range(len(everything), len(everything) + len(batch)))
+        everything += batch
+        got, want = builder.packed(), PackedEmbeddings.from_list(everything, dim=3)
+        assert torch.equal(got.offsets, want.offsets) and torch.equal(got.vectors, want.vectors)
+    assert len(builder) == len(everything)
+    with pytest.raises(ValueError, match="expected"):
+        builder.extend([torch.zeros(2, 4)])
 
 
 def test_single_vector_corpus_and_from_lengths():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from colzero.data.pairs import read_jsonl, write_jsonl
-from colzero.scoring.packed import PackedEmbeddings
+from colzero.scoring.packed import PackedBuilder, PackedEmbeddings
 from colzero.scoring.search import score_candidates
 
 logger = logging.getLogger(__name__)
@@ -77,10 +77,9 @@ class Teacher:
             self.multi = isinstance(self.model, ColBERT)
         if device is not None:
             self.model.to(device)
-        self._doc_cache: dict[str, Any] = {}
+        self._docs: PackedBuilder | None = None  # encoded documents, packed as they come
+        self._doc_row: dict[str, int] = {}
         self._query_cache: dict[str, Any] = {}
-        self._packed: PackedEmbeddings | None = None
-        self._packed_row: dict[str, int] = {}
 
     def kind(self) -> str:
         return "cross-encoder" if self.cross else ("colbert-maxsim" if self.multi else "dense-dot")
@@ -89,12 +88,15 @@ class Teacher:
         """Encode (and cache) documents once; reused across queries (bi-encoders only)."""
         if self.cross:
             return
-        todo = [i for i in dict.fromkeys(ids) if i not in self._doc_cache]
+        todo = [i for i in dict.fromkeys(ids) if i not in self._doc_row]
         if not todo:
             return
         vecs = self.model.encode([corpus[i] for i in todo], role="document", batch_size=self.batch_size)
-        for i, v in zip(todo, vecs, strict=True):
-            self._doc_cache[i] = v
+        matrices = list(vecs) if self.multi else list(torch.as_tensor(vecs).unsqueeze(1))
+        if self._docs is None:
+            self._docs = PackedBuilder(matrices[0].shape[-1], dtype=matrices[0].dtype)
+        rows = self._docs.extend(matrices)
+        self._doc_row.update(zip(todo, rows, strict=True))
 
     def encode_queries(self, texts: Sequence[str]) -> None:
         """Encode (and cache) query vectors in batches (bi-encoders only)."""
@@ -116,7 +118,7 @@ class Teacher:
     ) -> list[list[float]]:
         """Scores of ``doc_ids[i]`` for ``queries[i]``, every query at once.
 
-        Bi-encoders: the candidates are packed once and scored by
+        Bi-encoders: documents are packed as they are encoded (each once) and scored by
         :func:`colzero.scoring.search.score_candidates` (MaxSim or dot), batched over queries and
         candidates. Cross-encoders: logits of (query, document) pairs, ``batch_size`` at a time.
         """
@@ -128,8 +130,8 @@ class Teacher:
             return []
         self.encode_documents([d for ids in doc_ids for d in ids], corpus)
         self.encode_queries(queries)
-        docs, row = self._packed_documents()
-        candidates = [[row[d] for d in ids] for ids in doc_ids]
+        docs = self._docs.packed() if self._docs is not None else PackedEmbeddings.from_list([], dim=1)
+        candidates = [[self._doc_row[d] for d in ids] for ids in doc_ids]
         qvecs = [torch.as_tensor(self._query_cache[q]) for q in queries]
         if self.multi:
             qpad = PackedEmbeddings.from_list(qvecs, dim=self.model.config.embedding_dim).padded()
@@ -139,24 +141,6 @@ class Teacher:
                 torch.stack(qvecs), docs, candidates, score="dot", device=self.model.device
             )
         return [scores[i, : len(ids)].tolist() for i, ids in enumerate(doc_ids)]
-
-    def _packed_documents(self) -> tuple[PackedEmbeddings, dict[str, int]]:
-        """Every cached document in one packed matrix, re-packed only after new documents were
-        encoded; the cache then holds views of it, so each vector is stored once."""
-        if self._packed is None or len(self._packed_row) != len(self._doc_cache):
-            ids = list(self._doc_cache)
-            vecs = [torch.as_tensor(self._doc_cache[d]) for d in ids]
-            if self.multi:
-                packed = PackedEmbeddings.from_list(vecs, dim=self.model.config.embedding_dim)
-                views = [packed.doc(r) for r in range(len(ids))]
-            else:
-                packed = PackedEmbeddings(
-                    torch.stack(vecs) if vecs else torch.zeros((0, self.model.hidden_size))
-                )
-                views = list(packed.vectors)
-            self._doc_cache = dict(zip(ids, views, strict=True))
-            self._packed, self._packed_row = packed, {d: r for r, d in enumerate(ids)}
-        return self._packed, self._packed_row
 
     def _cross_scores(self, query: str, doc_ids: Sequence[str], corpus: dict[str, str]) -> list[float]:
         out: list[float] = []

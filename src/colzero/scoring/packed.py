@@ -265,3 +265,54 @@ class PackedEmbeddings:
         offsets_path = folder / "offsets.npy"
         offsets = np.load(offsets_path) if offsets_path.is_file() else None
         return cls(vectors, offsets)
+
+
+class PackedBuilder:
+    """Appends texts to one growing packed matrix (capacity doubles), so packing texts a batch at
+    a time copies each vector O(1) times amortised; :meth:`packed` is a view, not a copy."""
+
+    def __init__(
+        self, dim: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> None:
+        self._vectors = torch.empty((0, dim), dtype=dtype, device=device)
+        self._offsets = torch.zeros(1, dtype=torch.long, device=device)
+        self._tokens = 0
+        self._texts = 0
+
+    def __len__(self) -> int:
+        return self._texts
+
+    @staticmethod
+    def _grow(buffer: torch.Tensor, need: int) -> torch.Tensor:
+        if need <= buffer.shape[0]:
+            return buffer
+        bigger = buffer.new_empty((max(need, 2 * buffer.shape[0]), *buffer.shape[1:]))
+        bigger[: buffer.shape[0]] = buffer
+        return bigger
+
+    def extend(self, matrices: Sequence[ArrayLike]) -> range:
+        """Append ``(length_i, dim)`` matrices; returns their text indices."""
+        tensors = [as_tensor(m) for m in matrices]
+        dim = self._vectors.shape[1]
+        for i, t in enumerate(tensors):
+            if t.dim() != 2 or t.shape[1] != dim:
+                raise ValueError(f"matrix {i} has shape {tuple(t.shape)}; expected (length, {dim})")
+        if not tensors:
+            return range(self._texts, self._texts)
+        lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long, device=self._offsets.device)
+        added = int(lengths.sum())
+        self._vectors = self._grow(self._vectors, self._tokens + added)
+        self._offsets = self._grow(self._offsets, self._texts + len(tensors) + 1)
+        if added:
+            target = self._vectors[self._tokens : self._tokens + added]
+            torch.cat([t.to(target.device, target.dtype) for t in tensors], out=target)
+        ends = self._tokens + torch.cumsum(lengths, 0)
+        self._offsets[self._texts + 1 : self._texts + len(tensors) + 1] = ends
+        first = self._texts
+        self._tokens += added
+        self._texts += len(tensors)
+        return range(first, self._texts)
+
+    def packed(self) -> PackedEmbeddings:
+        """The texts so far (views of the buffers: valid until the next :meth:`extend`)."""
+        return PackedEmbeddings(self._vectors[: self._tokens], self._offsets[: self._texts + 1])
