@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ from colzero.model.folder import (
     write_json,
 )
 from colzero.model.precision import Precision
+from colzero.scoring.packed import PaddedEmbeddings, pad_embeddings  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -58,31 +59,6 @@ PYLATE_KEYS = (
 
 #: settings that choose how the vectors are computed, not what they are (left out of the fingerprint)
 RUNTIME_KEYS = frozenset({"attn_implementation"})
-
-
-@dataclass
-class PaddedEmbeddings:
-    """Token vectors padded to a common length; ``mask`` marks the positions that score."""
-
-    embeddings: torch.Tensor  # (n, length, dim)
-    mask: torch.Tensor  # (n, length) bool
-
-    def __len__(self) -> int:
-        return self.embeddings.shape[0]
-
-
-def pad_embeddings(vectors: list[torch.Tensor]) -> PaddedEmbeddings:
-    """Stack per-text token matrices (length_i, dim) into a padded tensor and its mask."""
-    if not vectors:
-        raise ValueError("pad_embeddings needs at least one matrix")
-    dim = vectors[0].shape[-1]
-    width = max(v.shape[0] for v in vectors)
-    out = vectors[0].new_zeros((len(vectors), width, dim))
-    mask = torch.zeros((len(vectors), width), dtype=torch.bool, device=vectors[0].device)
-    for i, v in enumerate(vectors):
-        out[i, : v.shape[0]] = v
-        mask[i, : v.shape[0]] = True
-    return PaddedEmbeddings(out, mask)
 
 
 class ColBERT(EncoderBase):
