@@ -362,3 +362,20 @@ def test_two_ranks_with_workers_replay_identical_rows_after_a_kill(tmp_path, mon
         weights_only=False,
     )
     assert a["position"] == b["position"]
+
+
+def test_texts_that_look_like_lists_stay_texts_and_kd_list_strings_parse(tmp_path):
+    rows = [{"q": "x", "p": "[1] a document that cites"} for _ in range(4)]
+    [source] = load_sources(
+        [DataSource("s", str(write_jsonl(tmp_path / "p.jsonl", rows)), query="q", positive="p")],
+        LossConfig(),
+        2,
+    )
+    assert source.examples([0])[0].positive == "[1] a document that cites"
+    kd = [{"q": "x", "ids": "['a', 'b']", "s": "[0.5, 0.25]"} for _ in range(2)]
+    spec = DataSource(
+        "kd", str(write_jsonl(tmp_path / "kd.jsonl", kd)), query="q", candidate_ids="ids", teacher_scores="s"
+    )
+    [kd_source] = load_sources([spec], LossConfig(kind="distillation", n_candidates=2), 2)
+    ex = kd_source.examples([1])[0]
+    assert ex.candidates == ["a", "b"] and ex.scores == [0.5, 0.25]

@@ -66,10 +66,13 @@ def _columns(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _as_list(value: Any, col: str, where: str) -> list[Any]:
+def _as_list(value: Any, col: str, where: str, parse_strings: bool = False) -> list[Any]:
+    """A column value as a list: a list as is, a scalar (one text or id) as a list of one; with
+    ``parse_strings`` (KD candidate ids and scores) also a list stored as its string (PyLate's KD
+    tables), which must then parse."""
     if isinstance(value, (list, tuple)):
         return list(value)
-    if isinstance(value, str) and value[:1] == "[":  # a list stored as its string (PyLate KD tables)
+    if parse_strings and isinstance(value, str) and value[:1] == "[":
         try:
             parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -209,9 +212,9 @@ class TrainingSource:
         out = _Parsed(where, query)
         if self.needs.kind == "distillation":
             for col in _columns(s.candidate_ids):
-                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
+                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where, True)], col)
             for col in _columns(s.teacher_scores):
-                for v in _list(row, col, where):
+                for v in _list(row, col, where, True):
                     if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
                         raise DataError(f"{where}: field {col!r} must hold numbers, got {v!r}")
                     out.scores.append(float(v))
@@ -404,8 +407,8 @@ def _value(row: dict[str, Any], col: str, where: _Where) -> Any:
     return value
 
 
-def _list(row: dict[str, Any], col: str, where: _Where) -> list[Any]:
-    return _as_list(_value(row, col, where), col, str(where))
+def _list(row: dict[str, Any], col: str, where: _Where, parse_strings: bool = False) -> list[Any]:
+    return _as_list(_value(row, col, where), col, str(where), parse_strings)
 
 
 def _text(row: dict[str, Any], col: str, where: _Where) -> str:
