@@ -23,7 +23,7 @@ from colzero.cli.main import main as cli
 from colzero.data.readers import DataError, iter_documents, load_text_table
 from colzero.data.sources import StreamSource, TrainingSource, expand_splits, load_sources, source_sizes
 from colzero.data.tables import open_id_table
-from colzero.evaluation.datasets import load_dataset
+from colzero.evaluation import load_dataset
 from colzero.training.config import DataSource, LossConfig, OptimConfig, PhaseConfig
 from tests.conftest import WORDS, make_colbert
 from tests.test_trainer_distributed import DIST_ENV, TIMEOUT_S, _free_port

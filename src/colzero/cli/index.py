@@ -7,7 +7,8 @@ import json
 import sys
 
 
-def _load_model(name: str | None, index_path: str | None = None):
+def load_index_model(name: str | None, index_path: str | None = None):
+    """The model named by `--model`, else the one recorded in the index's metadata.json."""
     from colzero import load_model
 
     if name is None and index_path is not None:
@@ -25,7 +26,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from colzero.index import Index, SearchSettings, build_sharded
 
-    model = _load_model(args.model)
+    model = load_index_model(args.model)
     kwargs = {
         "codec": args.codec,
         "nbits": args.nbits,
@@ -49,7 +50,7 @@ def _build(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     from colzero.index import Index
 
-    idx = Index.load(args.index, _load_model(args.model, args.index))
+    idx = Index.load(args.index, load_index_model(args.model, args.index))
     print(json.dumps({"added": idx.add(args.corpus, batch_size=args.batch_size), "documents": len(idx)}))
     return 0
 
@@ -80,7 +81,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from colzero.index import Index
 
-    idx = Index.load(args.index, _load_model(args.model, args.index))
+    idx = Index.load(args.index, load_index_model(args.model, args.index))
     results = idx.search(
         list(args.query), k=args.k, nprobe=args.nprobe, ncandidates=args.ncandidates, rerank=args.rerank
     )

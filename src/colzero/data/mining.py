@@ -53,7 +53,7 @@ def model_search(
     """Exact top-k with a colzero model (MaxSim for ColBERT, dot for dense), by
     :func:`colzero.scoring.search.search`. Returns hits and a scorer
     ``f(query_index, doc_ids) -> scores`` for positive scores."""
-    from colzero import load_model
+    from colzero.model.loading import load_model
     from colzero.model.colbert import ColBERT
 
     model = load_model(str(model_path))
@@ -173,7 +173,7 @@ def mine_beir(beir: str | Path, output: str | Path, *, split: str = "train", **k
     """Hard negatives for the queries of a BEIR split (a folder or a hub name such as
     ``BeIR/scifact``): each query's positives are its qrels with grade > 0, the corpus is the
     dataset's. Rows ``{query_id, query, pos, neg, neg_source}``, written atomically."""
-    from colzero.evaluation.datasets import load_dataset
+    from colzero.data.datasets import load_dataset
 
     ds = load_dataset(str(beir), split=split)
     rows = [

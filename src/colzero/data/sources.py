@@ -464,9 +464,9 @@ def _counted_rows(source: DataSource) -> tuple[int | None, str]:
 
         files = data_files(source.path, (".parquet",))
         if source.split is not None and Path(source.path).is_dir():
-            from colzero.data.tables import _split_of
+            from colzero.data.tables import split_of
 
-            files = [f for f in files if _split_of(f, Path(source.path)) == source.split]
+            files = [f for f in files if split_of(f, Path(source.path)) == source.split]
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files), "file"
     if fmt == "jsonl":
         return sum(

@@ -249,7 +249,7 @@ def open_table(
         suffixes = {"jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet",), "arrow": (".arrow",)}
         files = data_files(path, suffixes[fmt])
         if split is not None and Path(path).is_dir():
-            files = [f for f in files if _split_of(f, Path(path)) == split]
+            files = [f for f in files if split_of(f, Path(path)) == split]
             if not files:
                 raise DataError(
                     f"{path}: no data files of split {split!r} (splits: {split_names(path, fmt)})"
@@ -285,7 +285,7 @@ def _open_hf(path: str, split: str | None, config: str | None, cache: Path) -> t
     return Table(ds, [Span(label, "hf", 0, len(ds))], label), report
 
 
-def _split_of(file: Path, root: Path) -> str:
+def split_of(file: Path, root: Path) -> str:
     """The split a file of a local multi-split dataset belongs to: its first sub-folder under
     ``root`` (``root/<split>/*.parquet``), else its name before the shard suffix
     (``<split>-00000-of-00004.parquet``)."""
@@ -303,7 +303,7 @@ def split_names(path: str, fmt: str = "auto", config: str | None = None) -> list
     root = Path(path)
     if fmt in ("jsonl", "parquet", "arrow") and root.is_dir():
         suffixes = (".jsonl", ".parquet", ".arrow", ".json", ".ndjson")
-        return sorted({_split_of(f, root) for f in data_files(root, suffixes)})
+        return sorted({split_of(f, root) for f in data_files(root, suffixes)})
     if root.is_dir():
         dd = root / "dataset_dict.json"
         if dd.is_file():

@@ -55,7 +55,7 @@ class Teacher:
             self.model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
             self.max_length = max_length or 512
         else:
-            from colzero import load_model
+            from colzero.model.loading import load_model
 
             kwargs: dict[str, Any] = {}
             from colzero.model.colbert import ColBERT

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from colzero.evaluation.datasets import RetrievalDataset, load_dataset
+from colzero.data.datasets import RetrievalDataset, load_dataset
 from colzero.evaluation.metrics import DEFAULT_METRICS, MAIN_METRIC, compute_metrics
 from colzero.evaluation.report import bar_charts, markdown, text_table
 from colzero.evaluation.retrieval import RetrievalSettings, preset_settings, retrieve

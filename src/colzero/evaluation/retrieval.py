@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from colzero.evaluation.datasets import RetrievalDataset
+from colzero.data.datasets import RetrievalDataset
 from colzero.model.colbert import ColBERT
 from colzero.model.dense import DenseModel
 from colzero.model.precision import Precision, resolve_precision

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from colzero.evaluation.datasets import RetrievalDataset
+from colzero.data.datasets import RetrievalDataset
 
 from .grid import DatasetSpec, EvaluationSpec
 
@@ -79,7 +79,7 @@ def evaluate_model(
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate ``model_path`` on every (dataset, cache file) not cached yet; returns the records."""
-    from colzero import load_model
+    from colzero.model.loading import load_model
     from colzero.evaluation import compute_metrics, load_dataset, retrieve
 
     todo = [(spec, file) for spec, file in tasks if not file.is_file()]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from colzero import __version__
+from colzero._version import __version__
 from colzero.model.base import (
     EncoderBase,
     TokenizedBatch,
@@ -40,7 +40,7 @@ from colzero.model.folder import (
     write_json,
 )
 from colzero.model.precision import Precision
-from colzero.scoring.packed import PaddedEmbeddings, pad_embeddings  # noqa: F401  (re-exported)
+from colzero.scoring.packed import PaddedEmbeddings
 
 logger = logging.getLogger(__name__)
 

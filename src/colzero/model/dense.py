@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from colzero import __version__
+from colzero._version import __version__
 from colzero.model.base import (
     EncoderBase,
     TokenizedBatch,

@@ -74,8 +74,8 @@ def evaluate_model(
     datasets = ev.datasets if datasets is None else datasets
     if not datasets:
         return {}
-    from colzero import load_model
-    from colzero.evaluation.datasets import load_dataset
+    from colzero.model.loading import load_model
+    from colzero.data.datasets import load_dataset
     from colzero.evaluation.metrics import compute_metrics
     from colzero.evaluation.retrieval import RetrievalSettings, retrieve
     from colzero.training.trainer import load_start_model

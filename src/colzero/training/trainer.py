@@ -81,7 +81,7 @@ def load_start_model(path: str, model_type: str, settings: dict[str, Any], seed:
 
 def build_loss(model: nn.Module, cfg: LossConfig) -> nn.Module:
     """The loss module for ``cfg.kind`` from :mod:`colzero.losses` (kwargs it does not take are dropped)."""
-    from colzero import losses
+    from colzero.losses import registry as losses
 
     name = {
         "contrastive": "Contrastive",
