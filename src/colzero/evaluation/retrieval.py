@@ -33,7 +33,7 @@ import torch
 
 from colzero.data.datasets import RetrievalDataset
 from colzero.model.colbert import ColBERT
-from colzero.model.dense import DenseModel
+from colzero.model.encoder import Encoder
 from colzero.model.precision import Precision, resolve_precision
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
 from colzero.scoring.packed import PackedEmbeddings
@@ -123,22 +123,8 @@ class RetrievalOutput:
 # ---------------------------------------------------------------------- model helpers
 
 
-def model_fingerprint(model: ColBERT | DenseModel) -> str:
-    """``model.fingerprint()`` where defined, else the same recipe (config + sampled weights)."""
-    if hasattr(model, "fingerprint"):
-        return str(model.fingerprint())
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().float().cpu().flatten()
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 @contextlib.contextmanager
-def _lengths(model: ColBERT | DenseModel, role: str, length: int | None) -> Iterator[None]:
+def _lengths(model: Encoder, role: str, length: int | None) -> Iterator[None]:
     """Temporarily encode ``role`` texts with ``length`` tokens."""
     if length is None:
         yield
@@ -155,7 +141,7 @@ def _lengths(model: ColBERT | DenseModel, role: str, length: int | None) -> Iter
         model.config = old
 
 
-def effective_length(model: ColBERT | DenseModel, role: str, settings: RetrievalSettings) -> int:
+def effective_length(model: Encoder, role: str, settings: RetrievalSettings) -> int:
     explicit = settings.query_length if role == "query" else settings.document_length
     if explicit is not None:
         return explicit
@@ -183,7 +169,7 @@ def _encode(model, texts: list[str], role: str, settings: RetrievalSettings, **k
 
 
 def corpus_cache_key(
-    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings
+    model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings
 ) -> str:
     prompt = settings.document_prompt
     if prompt is None:
@@ -191,7 +177,7 @@ def corpus_cache_key(
     payload = {
         "format": CACHE_FORMAT,
         "kind": type(model).__name__,
-        "model": model_fingerprint(model),
+        "model": model.fingerprint(),
         "corpus": dataset.corpus_hash(),
         "document_length": effective_length(model, "document", settings),
         "document_prompt": prompt,
@@ -232,7 +218,7 @@ def _read_cache(path: Path) -> PackedEmbeddings | None:
 
 
 def encode_corpus(
-    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings
+    model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings
 ) -> tuple[CorpusEmbeddings, bool, Path | None]:
     """(embeddings, cache_hit, cache_path)."""
     path = None
@@ -256,7 +242,7 @@ def encode_corpus(
             "source": dataset.source,
             "n_docs": len(dataset.corpus_ids),
             "model_class": type(model).__name__,
-            "fingerprint": model_fingerprint(model),
+            "fingerprint": model.fingerprint(),
             "settings": dataclasses.asdict(settings) | {"cache_dir": str(settings.cache_dir)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -312,7 +298,7 @@ def search_dense(
 
 
 def retrieve(
-    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings | None = None
+    model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings | None = None
 ) -> RetrievalOutput:
     """Encode (corpus from cache when possible) and search; the run maps query id -> {doc id: score}."""
     settings = settings or RetrievalSettings()

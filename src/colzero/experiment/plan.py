@@ -298,7 +298,7 @@ def _node(
     norm: PathNormalizer,
 ) -> PhaseNode:
     phase = base.phase(ref.phase)
-    phase.pop("start", None)
+    phase.pop("model", None)  # the route decides where a phase starts
     phase["seed"] = seed
     phase = _apply_phase_overrides(phase, ref.overrides)
     if ref.model_settings is not None:
@@ -320,8 +320,9 @@ def _node(
         recipe = parse_recipe(dumps(data), where, base.directory)
     except RecipeError as exc:
         raise GridError(str(exc)) from None
-    p0 = recipe.phases[0].model_dump(mode="json", exclude_none=True)
-    for k in (*_NOT_TRAINING, "model_settings", "start"):
+    p0 = recipe.phases[0].to_dict()
+    p0 = {k: v for k, v in p0.items() if v is not None}
+    for k in (*_NOT_TRAINING, "model_settings", "model", "output_dir", "model_type", "data_cache"):
         p0.pop(k, None)
     for s in p0.get("sources", []):
         s.pop("origin", None)

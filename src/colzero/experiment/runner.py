@@ -209,7 +209,7 @@ def train_node(
         "users": node.users,
         "final": str(result.final_model),
         "cost": result.cost,
-        "wall_time_s": float(total.get("wall_time_s") or 0.0),
+        "wall_time_s": float(total.get("wall_s") or 0.0),
         "device_hours": float(total.get("device_hours") or 0.0),
         "run_recipe_s_last_invocation": wall,
         "material": node.material,

@@ -2,7 +2,8 @@
 
 Same loss and gradients as :class:`colzero.losses.contrastive.Contrastive` on the whole batch
 (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup";
-sentence-transformers ``CachedMultipleNegativesRankingLoss``; SPEC §3):
+sentence-transformers ``CachedMultipleNegativesRankingLoss``; ColBERT-Zero, arXiv:2602.16609,
+phase 1 at a global batch of 16,384):
 
 1. ``fn(batch)`` embeds queries, positives, negatives in chunks of ``mini_batch_size`` rows
    without gradients, saving the RNG state (CPU and every CUDA device) before each chunk;
@@ -26,11 +27,14 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Self
 
 import torch
 from torch import nn
 
 from colzero.data.batch import ContrastiveBatch
+from colzero.losses.base import COLBERT_ZERO
+from colzero.losses.config import LossConfig
 from colzero.losses.contrastive import Contrastive
 from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
@@ -71,29 +75,45 @@ class _Chunk:
 
 class CachedContrastive(Contrastive):
     """GradCache InfoNCE (module docstring); arguments as :class:`Contrastive` plus
-    ``mini_batch_size`` (rows embedded at once, per role)."""
+    ``mini_batch_size`` (rows embedded at once, per role; None: a whole role at once)."""
+
+    citation = (
+        "InfoNCE (van den Oord et al. 2018, arXiv:1807.03748) on ColBERT late-interaction scores "
+        "(Khattab & Zaharia 2020, arXiv:2004.12832) with GradCache (Gao et al. 2021, arXiv:2101.06983), "
+        f"as in the unsupervised phase of {COLBERT_ZERO}"
+    )
 
     def __init__(
         self,
         model: nn.Module,
-        mini_batch_size: int = 32,
+        mini_batch_size: int | None = 32,
         temperature: float = 0.02,
         learnable_temperature: bool = False,
         gather_across_devices: bool = True,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
     ) -> None:
         super().__init__(model, temperature, learnable_temperature, gather_across_devices, budget_bytes)
-        if mini_batch_size < 1:
+        if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
         self.mini_batch_size = mini_batch_size
+
+    @classmethod
+    def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
+        """``mini_batch_size``, ``temperature`` and ``learnable_temperature`` of ``config``."""
+        return cls(model, config.mini_batch_size, config.temperature, config.learnable_temperature)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The settings that define this loss (the temperature as configured)."""
+        return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
 
     def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, str, int, slice]]:
         parts = [(batch.queries, "query"), (batch.positives, "document")]
         if batch.negatives is not None and batch.n_negatives > 0:
             parts.append((batch.negatives, "document"))
         for index, (tb, role) in enumerate(parts):
-            for start in range(0, len(tb), self.mini_batch_size):
-                rows = slice(start, min(start + self.mini_batch_size, len(tb)))
+            size = self.mini_batch_size or len(tb)
+            for start in range(0, len(tb), size):
+                rows = slice(start, min(start + size, len(tb)))
                 yield tb.select(rows), role, index, rows
 
     def forward(self, batch: ContrastiveBatch) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """All-gather of document embeddings across ranks, with gradients.
 
-Used by the contrastive losses (SPEC §3): only documents are gathered, queries stay local, so
+Used by the contrastive losses (ColBERT-Zero, arXiv:2602.16609, gathers documents across GPUs): only documents are gathered, queries stay local, so
 each rank scores its ``B_r`` queries against the documents of every rank. Shapes may differ
 between ranks (each rank pads to its own longest document): vectors are padded with zeros and
 masks with False up to the cross-rank maximum length (not the model maximum) before the

@@ -1,7 +1,28 @@
-"""The losses by name (placeholder, filled in with the phase schema)."""
+"""The losses by name: ``LOSSES[config.kind].from_config(model, config)``."""
 
+from __future__ import annotations
+
+from torch import nn
+
+from colzero.losses.base import Loss
 from colzero.losses.cached import CachedContrastive
+from colzero.losses.config import LossConfig, LossKind
 from colzero.losses.contrastive import Contrastive
 from colzero.losses.distillation import Distillation
 
-__all__ = ["CachedContrastive", "Contrastive", "Distillation"]
+#: ``LossConfig.kind`` -> loss class
+LOSSES: dict[LossKind, type[Loss]] = {
+    "contrastive": Contrastive,
+    "cached_contrastive": CachedContrastive,
+    "distillation": Distillation,
+}
+
+
+def build_loss(model: nn.Module, config: LossConfig) -> Loss:
+    """The registered loss named by ``config.kind``, built from ``config``.
+
+    >>> from colzero.losses import LossConfig, build_loss
+    >>> build_loss(None, LossConfig("contrastive", temperature=0.05)).get_config_dict()
+    {'temperature': 0.05, 'learnable_temperature': False, 'gather_across_devices': True}
+    """
+    return LOSSES[config.kind].from_config(model, config)

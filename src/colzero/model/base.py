@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from colzero.model.config import ROLES, Role
+from colzero.model.config import ROLES, ColBERTConfig, DenseConfig, Role
 from colzero.model.folder import FolderDescription, ModelLoadError
 from colzero.model.precision import Precision, autocast, resolve_precision
 
@@ -21,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 FLASH_ATTENTION_2 = "flash_attention_2"
+
+#: settings that choose how the vectors are computed, not what they are (left out of the fingerprint)
+RUNTIME_KEYS = frozenset({"attn_implementation"})
 
 
 def flash_attention_missing() -> list[str]:
@@ -165,6 +171,8 @@ class EncoderBase(nn.Module):
 
     #: texts tokenized and sorted together; bounds memory for very large inputs
     sort_window: int = 16384
+    #: the settings that define the vectors (set by the subclass)
+    config: ColBERTConfig | DenseConfig
 
     def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
@@ -174,7 +182,23 @@ class EncoderBase(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are."""
         return next(self.parameters()).device
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings and weights that determine the vectors.
+
+        sha256 over the config (without :data:`RUNTIME_KEYS`) and, per weight tensor in name
+        order, its name, shape and every ``numel // 4096``-th value; 16 hex digits.
+        """
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUNTIME_KEYS}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().float().cpu().flatten()
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def hidden_size(self) -> int:

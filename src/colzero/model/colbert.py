@@ -7,7 +7,6 @@ documents (dynamic padding). Role prompts are prepended as text before tokenisat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict
@@ -57,10 +56,6 @@ PYLATE_KEYS = (
 )
 
 
-#: settings that choose how the vectors are computed, not what they are (left out of the fingerprint)
-RUNTIME_KEYS = frozenset({"attn_implementation"})
-
-
 class ColBERT(EncoderBase):
     """A late-interaction retrieval model.
 
@@ -68,6 +63,8 @@ class ColBERT(EncoderBase):
     dense sentence-transformers folder, a plain transformers encoder, or a hub name) or directly
     from an in-memory backbone and tokenizer.
     """
+
+    config: ColBERTConfig
 
     def __init__(
         self,
@@ -177,8 +174,12 @@ class ColBERT(EncoderBase):
             model.to(device)
         return model
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a sentence-transformers / PyLate folder (atomically); returns its path."""
+    def save(self, path: str | os.PathLike[str], *, training_record: dict[str, Any] | None = None) -> Path:
+        """Write a sentence-transformers / PyLate folder (atomically); returns its path.
+
+        ``training_record`` (how the model was trained) goes into the ``colzero`` block of
+        ``config_sentence_transformers.json``.
+        """
         path = Path(path)
         with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp, safe_serialization=True)
@@ -195,10 +196,10 @@ class ColBERT(EncoderBase):
             write_json(
                 tmp / "sentence_bert_config.json", {"max_seq_length": max_positions, "do_lower_case": False}
             )
-            write_json(tmp / "config_sentence_transformers.json", self._st_config())
+            write_json(tmp / "config_sentence_transformers.json", self._st_config(training_record))
         return path
 
-    def _st_config(self) -> dict[str, Any]:
+    def _st_config(self, training_record: dict[str, Any] | None) -> dict[str, Any]:
         import transformers
 
         cfg = asdict(self.config)
@@ -215,7 +216,7 @@ class ColBERT(EncoderBase):
         }
         out.update({k: cfg[k] for k in PYLATE_KEYS if k != "prompts"})
         out["colzero"] = {k: v for k, v in cfg.items() if k not in PYLATE_KEYS}
-        out["colzero"].update(getattr(self, "training_record", {}) or {})
+        out["colzero"].update(training_record or {})
         return out
 
     # ------------------------------------------------------------------ tokenisation
@@ -352,16 +353,3 @@ class ColBERT(EncoderBase):
 
     def encode_documents(self, texts: str | list[str], **kwargs: Any):
         return self.encode(texts, "document", **kwargs)
-
-    def fingerprint(self) -> str:
-        """A short hash of the settings and weights that determine the vectors."""
-        import hashlib
-
-        settings = {k: v for k, v in asdict(self.config).items() if k not in RUNTIME_KEYS}
-        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            t = tensor.detach().float().cpu().flatten()
-            h.update(name.encode())
-            h.update(str(tuple(tensor.shape)).encode())
-            h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
-        return h.hexdigest()[:16]

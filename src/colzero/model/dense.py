@@ -29,6 +29,8 @@ from colzero.model.precision import Precision
 class DenseModel(EncoderBase):
     """One vector per text; scores are dot products (cosine when ``normalize``)."""
 
+    config: DenseConfig
+
     def __init__(
         self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: DenseConfig | None = None
     ) -> None:
@@ -72,7 +74,12 @@ class DenseModel(EncoderBase):
             model.to(device)
         return model
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, training_record: dict[str, Any] | None = None) -> Path:
+        """Write a sentence-transformers folder (atomically); returns its path.
+
+        ``training_record`` (how the model was trained) goes into the ``colzero`` block of
+        ``config_sentence_transformers.json``.
+        """
         import transformers
 
         path = Path(path)
@@ -122,7 +129,7 @@ class DenseModel(EncoderBase):
                     "similarity_fn_name": "cosine" if cfg.normalize else "dot",
                     "colzero": {
                         **{k: v for k, v in asdict(cfg).items() if k != "prompts"},
-                        **(getattr(self, "training_record", {}) or {}),
+                        **(training_record or {}),
                     },
                 },
             )

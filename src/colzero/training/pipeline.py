@@ -3,7 +3,8 @@
 Run folder::
 
     RUN/recipe.toml            copy of the recipe text (+ recipe.resolved.json, the validated form)
-    RUN/logs/pipeline.log      this module's log (the trainer's metrics are in each phase folder)
+    RUN/logs/pipeline.log      colzero's log during the run, when the caller asks (``log_file=True``;
+                               the CLI does); the trainer's metrics are in each phase folder
     RUN/data/                  outputs of [[prepare]] steps (skipped when present)
     RUN/eval/start.json        evaluation of the start model
     RUN/phase-N-name/          the trainer's output_dir (checkpoint/, final/, cost.json, ...),
@@ -17,18 +18,20 @@ interrupted phase resumes through ``run_phase(resume=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from colzero.training import prompts as prompt_tools
-from colzero.training.cost import read_phase_cost, summarize
+from colzero.training.cost import PhaseCost, summarize
 from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
+from colzero.training.trainer import load_start_model, run_phase
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,8 @@ def evaluate_model(
     datasets: list[str] | None = None,
     device: Any = None,
 ) -> dict[str, dict[str, float]]:
-    """nDCG@10 (and the evaluation module's default metrics) per dataset of ``recipe.evaluation``
-    (or of ``datasets``).
+    """:func:`colzero.evaluation.evaluate` of one model on ``recipe.evaluation``'s datasets (or
+    ``datasets``): dataset name -> metric -> value (the evaluation's default metrics).
 
     The model is opened with the settings of phase ``index`` (lengths, prompts) when given.
     """
@@ -74,11 +77,7 @@ def evaluate_model(
     datasets = ev.datasets if datasets is None else datasets
     if not datasets:
         return {}
-    from colzero.model.loading import load_model
-    from colzero.data.datasets import load_dataset
-    from colzero.evaluation.metrics import compute_metrics
-    from colzero.evaluation.retrieval import RetrievalSettings, retrieve
-    from colzero.training.trainer import load_start_model
+    from colzero.evaluation import evaluate
 
     settings = recipe.settings_for(index) if index is not None else dict(recipe.model.settings)
     if index == 0 and Path(str(model_path)) == Path(str(recipe.model.base)):
@@ -91,22 +90,22 @@ def evaluate_model(
             recipe.phases[0].seed,
         )
     else:
+        from colzero.model.loading import load_model
+
         model = load_model(str(model_path), **_loadable(model_path, settings))
     if device is not None:
         model.to(device)  # rank 0 evaluates on its GPU when it has one
-    out: dict[str, dict[str, float]] = {}
-    for spec in datasets:
-        ds = load_dataset(spec, split=ev.split)
-        rs = RetrievalSettings()
-        for key, value in (("batch_size", ev.batch_size), ("show_progress", False), ("use_cache", False)):
-            if hasattr(rs, key):
-                setattr(rs, key, value)
-        res = retrieve(model, ds, rs)
-        metrics = compute_metrics(ds.qrels, res.run)
-        name = getattr(ds, "name", None) or Path(str(spec)).name
-        out[str(name)] = {k: float(v) for k, v in metrics.items()}
-        logger.info("%s on %s: %s", model_path, name, out[str(name)])
-    return out
+    label = str(model_path)
+    results = evaluate(
+        model,
+        datasets,
+        split=ev.split,
+        model_names=[label],
+        plots=False,
+        batch_size=ev.batch_size,
+        use_cache=False,
+    )
+    return results.scores[label]
 
 
 def _loadable(model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -125,13 +124,6 @@ def _loadable_for(model_type: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     names = {f.name for f in dataclasses.fields(ColBERTConfig if model_type == "colbert" else DenseConfig)}
     return {k: v for k, v in settings.items() if k in names}
-
-
-def ndcg10(scores: dict[str, float]) -> float | None:
-    for key in ("ndcg@10", "nDCG@10", "ndcg_cut_10"):
-        if key in scores:
-            return scores[key]
-    return None
 
 
 # ---------------------------------------------------------------------- preparation
@@ -170,7 +162,7 @@ def check_static_alignment(recipe: Recipe) -> list[str]:
     """Consecutive phases must use the same prompts (refused unless allow_prompt_mismatch)."""
     warnings = []
     for i in range(1, len(recipe.phases)):
-        if recipe.phases[i].start:
+        if recipe.phases[i].model:
             continue
         before = prompt_tools.normalize_prompts(recipe.prompts_for(i - 1))
         now = prompt_tools.normalize_prompts(recipe.prompts_for(i))
@@ -189,8 +181,8 @@ def check_static_alignment(recipe: Recipe) -> list[str]:
 
 def _start_for(recipe: Recipe, index: int, previous: Path | None) -> str:
     p = recipe.phases[index]
-    if p.start:
-        return p.start
+    if p.model:
+        return p.model
     return str(previous) if previous is not None else recipe.model.base
 
 
@@ -225,7 +217,7 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
                 "stage": p.stage,
                 "start": start,
                 "loss": p.loss.kind,
-                "temperature": p.loss.temperature,
+                "temperature": p.loss.temperature if p.loss.kind != "distillation" else None,
                 "lr": p.optim.learning_rate,
                 "global_batch": recipe.global_batch(i),
                 "epochs": p.epochs,
@@ -276,9 +268,12 @@ def run_recipe(
     phase_runner: Callable[..., Path] | None = None,
     evaluate: bool = True,
     show_progress: bool = True,
-    console: Any = None,
+    log_file: bool = False,
 ) -> RunResult:
     """Validate ``recipe_ref`` (a TOML path or a preset name) and run it into ``run_dir``.
+
+    ``log_file=True`` copies colzero's log records (INFO and up) to ``RUN/logs/pipeline.log`` for
+    the duration of the run (rank 0); the library adds no log handler otherwise.
 
     Under torchrun every rank calls this: all ranks train each phase together; only rank 0 writes
     the run files, runs the preparation tools and evaluates (on its device), the others wait.
@@ -297,12 +292,10 @@ def run_recipe(
 
     run = _RecipeRun(recipe, run_dir, setup(), evaluate, show_progress)
     run.dist.on_main(run.write_run_files, text, warnings)
-    with run.log_to_file():
+    with run.log_to_file() if log_file else contextlib.nullcontext():
         run.dist.on_main(run_prepare, recipe)
         run.dist.on_main(run.evaluate_start)
-        runner = phase_runner
-        if runner is None:
-            from colzero.training.trainer import run_phase as runner
+        runner = phase_runner or run_phase
         for i in range(len(recipe.phases)):
             result.phases.append(run.phase(i, runner))
         summary = run.dist.on_main(run.finish, time.perf_counter() - t_start)
@@ -316,7 +309,7 @@ def run_recipe(
 def check_start_models(recipe: Recipe, run_dir: Path, display: str) -> None:
     """Dry run: local start models exist and their prompts match the phases that start from them."""
     for i, p in enumerate(recipe.phases):
-        if not (i == 0 or p.start):
+        if not (i == 0 or p.model):
             continue
         local = _local_path(_start_for(recipe, i, None if i == 0 else run_dir))
         if local is None:
@@ -353,12 +346,11 @@ class _RecipeRun:
         for w in warnings:
             logger.warning(w)
 
-    def log_to_file(self):
+    def log_to_file(self) -> contextlib.AbstractContextManager[None]:
         """Rank 0's pipeline log in ``RUN/logs/pipeline.log`` for the duration of the run."""
-        import contextlib
 
         @contextlib.contextmanager
-        def scope():
+        def scope() -> Iterator[None]:
             if not self.dist.is_main:
                 yield
                 return
@@ -454,7 +446,7 @@ class _RecipeRun:
             shutil.rmtree(final_dir)
         tmp.replace(final_dir)
         costs = [
-            (recipe.phase_dir_name(i), read_phase_cost(run_dir / recipe.phase_dir_name(i)))
+            (recipe.phase_dir_name(i), PhaseCost.read(run_dir / recipe.phase_dir_name(i)))
             for i in range(len(recipe.phases))
         ]
         cost = summarize(costs)

@@ -21,7 +21,6 @@ data position and RNG state), ``final/`` (the model with a ``training`` record i
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -43,14 +42,22 @@ from colzero.data.collate import Collator, batch_to, count_tokens
 from colzero.data.loader import Position, input_pipeline
 from colzero.data.sampler import SameSourceBatchSampler
 from colzero.data.sources import StreamSource, load_sources
+from colzero.losses import Contrastive, Loss, LossConfig, build_loss
+from colzero.model.colbert import ColBERT
+from colzero.model.config import ColBERTConfig
+from colzero.model.dense import DenseModel
+from colzero.model.encoder import Encoder
 from colzero.model.precision import autocast, resolve_precision
 from colzero.training import checkpoint as ckpt
-from colzero.training.config import LossConfig, PhaseConfig
+from colzero.training.config import ModelType, PhaseConfig
+from colzero.training.cost import PhaseCost
 from colzero.training.distributed import Dist, setup
 
 logger = logging.getLogger(__name__)
 
-EvalHook = Callable[[nn.Module, int], dict[str, float]]
+#: ``hook(model, step) -> {metric: value}`` (rank 0, every ``eval_every`` steps and at the end)
+EvalHook = Callable[[Encoder, int], dict[str, float]]
+#: ``factory(model, loss_config) -> loss module``; ``model`` is DDP-wrapped under torchrun
 LossFactory = Callable[[nn.Module, LossConfig], nn.Module]
 StepCallback = Callable[[int, dict[str, float]], None]
 
@@ -65,44 +72,23 @@ class CheckpointNotVisible(RuntimeError):
 
 # ---------------------------------------------------------------------- building blocks
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def load_start_model(path: str, model_type: str, settings: dict[str, Any], seed: int):
-    from colzero.model.colbert import ColBERT
-    from colzero.model.dense import DenseModel
-
-    torch.manual_seed(seed)  # a new projection is initialised from this seed
+def load_start_model(
+    path: str, model_type: ModelType, settings: dict[str, Any], seed: int
+) -> ColBERT | DenseModel:
+    """A phase's start model as ``model_type`` with ``settings`` (a new ColBERT projection is
+    initialised from ``seed``)."""
+    torch.manual_seed(seed)
     cls = ColBERT if model_type == "colbert" else DenseModel
     return cls.from_pretrained(path, **settings)
 
 
-def build_loss(model: nn.Module, cfg: LossConfig) -> nn.Module:
-    """The loss module for ``cfg.kind`` from :mod:`colzero.losses` (kwargs it does not take are dropped)."""
-    from colzero.losses import registry as losses
-
-    name = {
-        "contrastive": "Contrastive",
-        "cached_contrastive": "CachedContrastive",
-        "distillation": "Distillation",
-    }
-    cls = getattr(losses, name[cfg.kind])
-    wanted = {
-        "temperature": cfg.temperature,
-        "learnable_temperature": cfg.learnable_temperature,
-        "mini_batch_size": cfg.mini_batch_size,
-        "normalize_scores": cfg.normalize_scores,
-    }
-    params = inspect.signature(cls).parameters
-    kwargs = {k: v for k, v in wanted.items() if k in params}
-    if cfg.kind != "cached_contrastive":
-        kwargs.pop("mini_batch_size", None)
-    return cls(model, **kwargs)
-
-
-def freeze_unused_parameters(model: nn.Module) -> list[str]:
+def freeze_unused_parameters(model: Encoder) -> list[str]:
     """Freeze the parameters no forward of either role reaches (e.g. BERT's pooler).
 
     DDP must know every trainable parameter gets a gradient; AdamW's weight decay must not shrink
@@ -130,6 +116,8 @@ def freeze_unused_parameters(model: nn.Module) -> list[str]:
 
 
 def linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
+    """LambdaLR factor: linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
@@ -139,10 +127,12 @@ def linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -163,6 +153,8 @@ class PhaseTrainer:
         step_callback: StepCallback | None = None,
         show_progress: bool = True,
     ) -> None:
+        if not cfg.model or not cfg.output_dir:
+            raise ValueError(f"phase {cfg.name!r}: model (the start model) and output_dir are required to train")
         self.cfg = cfg
         self.dist: Dist = setup()
         self.out = Path(cfg.output_dir)
@@ -196,15 +188,7 @@ class PhaseTrainer:
         self.global_step = int(self.state["global_step"]) if self.state else 0
         self.position = Position.from_dict(self.state["position"]) if self.state else Position()
         self.epoch = self.position.epoch  # of the last batch consumed (logged)
-        self.cost: dict[str, Any] = {
-            "examples": 0,
-            "tokens": 0,
-            "wall_s": 0.0,
-            "steps": 0,
-            "data_wait_s": 0.0,
-        }
-        if self.state:
-            self.cost.update(self.state.get("cost", {}))
+        self.cost = PhaseCost.from_dict(self.state["cost"]) if self.state else PhaseCost(cfg.name)
 
     def _weights(self) -> list[float] | None:
         given = [s.source.weight for s in self.sources]
@@ -390,18 +374,19 @@ class PhaseTrainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        self.cost["examples"] += int(totals[1])
-        self.cost["tokens"] += int(totals[2])
-        self.cost["wall_s"] += time.perf_counter() - t0
-        self.cost["data_wait_s"] += wait
-        self.cost["steps"] = self.global_step
-        self.cost.setdefault("first_step_unix", time.time())  # launch -> first step (benchmarks)
+        cost = self.cost
+        cost.examples += int(totals[1])
+        cost.tokens += int(totals[2])
+        cost.wall_s += time.perf_counter() - t0
+        cost.data_wait_s += wait
+        cost.steps = self.global_step
+        if cost.first_step_unix is None:
+            cost.first_step_unix = time.time()
         metrics = {"loss": mean_loss, "lr": lr}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
-        temp = getattr(self.loss_fn, "temperature", None)
-        if isinstance(temp, torch.Tensor) and temp.numel() == 1:
-            metrics["temperature"] = float(temp.detach())
+        if isinstance(self.loss_fn, Contrastive):
+            metrics["temperature"] = float(self.loss_fn.temperature.detach())
         return metrics
 
     # ------------------------------------------------------------------ outputs (rank 0)
@@ -429,7 +414,7 @@ class PhaseTrainer:
             return
         record = {"step": self.global_step, "epoch": self.epoch, **metrics}
         if not force:
-            record.update({k: v for k, v in self.cost.items() if k not in ("data_wait_s", "first_step_unix")})
+            record.update(self.cost.counters())
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
         if self.writer is not None:
@@ -468,7 +453,7 @@ class PhaseTrainer:
                 "loss": self._loss_state(),
                 "rng": rngs,
                 "world_size": d.world,
-                "cost": dict(self.cost),
+                "cost": self.cost.to_dict(),
                 "phase": self.cfg.name,
             }
             ckpt.save_checkpoint(
@@ -487,43 +472,45 @@ class PhaseTrainer:
         """``cost.json`` (rank 0): counters, time waiting for data, peak memory of every rank."""
         if not self.dist.is_main:
             return
-        d = self.dist
-        record = dict(self.cost)
-        record.update(
-            phase=self.cfg.name,
-            world_size=d.world,
-            device=str(d.device),
-            precision=self.precision,
-            peak_rss_mb=max(rss_per_rank),
-            peak_rss_mb_per_rank=rss_per_rank,
-        )
+        d, cost = self.dist, self.cost
+        cost.world_size, cost.device, cost.precision = d.world, str(d.device), self.precision
+        cost.peak_rss_mb, cost.peak_rss_mb_per_rank = max(rss_per_rank), list(rss_per_rank)
         if d.device.type == "cuda":
-            record["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(d.device) / 2**20, 1)
-        write_json_atomic(self.out / "cost.json", record)
+            cost.peak_cuda_mb = round(torch.cuda.max_memory_allocated(d.device) / 2**20, 1)
+        cost.write(self.out)
 
-    def finish(self) -> Path:
-        cfg = self.cfg
-        cfg_model = getattr(self.model, "config", None)
-        self.model.training_record = {
+    def training_record(self) -> dict[str, Any]:
+        """How the final model was trained (saved in its config's ``colzero.training`` block)."""
+        cfg, config = self.cfg, self.model.config
+        loss: dict[str, Any] = cfg.loss.to_dict()
+        if isinstance(self.loss_fn, Loss):
+            loss.update(self.loss_fn.get_config_dict(), citation=self.loss_fn.citation)
+        lengths = (
+            {"query_length": config.query_length, "document_length": config.document_length, "max_length": None}
+            if isinstance(config, ColBERTConfig)
+            else {"query_length": None, "document_length": None, "max_length": config.max_length}
+        )
+        return {
             "training": {
                 "phase": cfg.name,
                 "steps": self.global_step,
                 "batch_size": cfg.batch_size,
                 "gradient_accumulation": cfg.gradient_accumulation,
-                "loss": cfg.loss.to_dict(),
+                "loss": loss,
                 "learning_rate": cfg.optim.learning_rate,
                 "sources": [s.name for s in self.sources],
-                "prompts": dict(getattr(cfg_model, "prompts", {}) or {}),
-                "query_length": getattr(cfg_model, "query_length", None),
-                "document_length": getattr(cfg_model, "document_length", None),
-                "max_length": getattr(cfg_model, "max_length", None),
+                "prompts": dict(config.prompts or {}),
+                **lengths,
                 "precision": self.precision,
             }
         }
+
+    def finish(self) -> Path:
+        """The phase's last checkpoint, then the final model (rank 0) with its training record."""
         self.checkpoint()  # the phase's last state: a rerun finds it complete
         rss = self.dist.gather(round(peak_rss_mb(), 1))
         if self.dist.is_main:
-            self.model.save(self.final_dir)
+            self.model.save(self.final_dir, training_record=self.training_record())
         self.write_cost(rss)
         self.dist.barrier()
         return self.final_dir
