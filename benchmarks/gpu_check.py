@@ -77,8 +77,8 @@ from unittest import mock
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the DataLoader forks workers
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 
@@ -361,7 +361,7 @@ def simulated_gather(world: int, length: int) -> Iterator[None]:
         return torch.cat([local, other]), torch.cat([local_mask, other_mask]), 0
 
     with (
-        mock.patch.object(contrastive, "world", lambda: (0, world)),
+        mock.patch.object(contrastive, "world", return_value=(0, world)),
         mock.patch.object(contrastive, "gather_documents", gather),
     ):
         yield

@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, SHARED, median, print_table, write_result  # noqa: E402
+from _common import REPO, SHARED, median, print_table, write_result
 
 CHILD = r"""
 import json, pickle, statistics, sys, time

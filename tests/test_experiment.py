@@ -327,7 +327,7 @@ def test_grid_errors_name_the_key(tmp_path):
         )
 
 
-@pytest.mark.parametrize("name,unique", [("paper-routes-cpu", 26), ("paper-routes", 11)])
+@pytest.mark.parametrize(("name", "unique"), [("paper-routes-cpu", 26), ("paper-routes", 11)])
 def test_presets_plan_offline(tmp_path, name, unique):
     grid = load_grid(name)
     plan = build_plan(grid, tmp_path / name)

@@ -97,6 +97,16 @@ def test_no_import_from_a_higher_folder():
     assert not upward, "\n".join(upward)
 
 
+def test_top_level_modules_sit_below_every_folder():
+    """``colzero/_version.py``, ``colzero/schema.py``: importable from anywhere, so they import no folder."""
+    found = [
+        f"{imp.module}:{imp.line} imports {imp.target}"
+        for imp in all_imports()
+        if imp.module != "colzero" and folder(imp.module) is None and folder(imp.target) is not None
+    ]
+    assert not found, "\n".join(found)
+
+
 def test_only_the_cli_imports_the_package_root():
     found = [
         f"{imp.module}:{imp.line} imports {imp.target} {imp.names}"

@@ -14,10 +14,10 @@ __all__ = [
     "DenseConfig",
     "DenseModel",
     "PaddedEmbeddings",
+    "__version__",
     "load_model",
     "maxsim_all_pairs",
     "maxsim_nway",
     "maxsim_pairwise",
     "pad_embeddings",
-    "__version__",
 ]

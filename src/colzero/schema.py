@@ -60,9 +60,7 @@ def _strict_int(minimum: int, text: str) -> Callable[[Any], int]:
 #: an integer >= 1 (a count or a number of steps)
 PositiveInt = Annotated[int, pydantic.Strict(), AfterValidator(_strict_int(1, "must be a positive integer"))]
 #: an integer >= 0
-NonNegativeInt = Annotated[
-    int, pydantic.Strict(), AfterValidator(_strict_int(0, "must be an integer >= 0"))
-]
+NonNegativeInt = Annotated[int, pydantic.Strict(), AfterValidator(_strict_int(0, "must be an integer >= 0"))]
 
 
 def _fspath(value: Any) -> Any:

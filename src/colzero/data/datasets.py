@@ -38,6 +38,8 @@ DatasetError = DataError
 
 @dataclass
 class RetrievalDataset:
+    """A retrieval test set: corpus (ids, texts), queries (ids, texts) and graded qrels."""
+
     name: str
     corpus_ids: list[str]
     corpus_texts: list[str]
@@ -249,6 +251,7 @@ def _read_tsv(path: Path, kind: str) -> Iterator[tuple[str, str, str]]:
 
 
 def load_beir(path: str | os.PathLike[str], split: str = "test", name: str | None = None) -> RetrievalDataset:
+    """A BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``) as a dataset."""
     root = Path(path)
     corpus, queries = root / "corpus.jsonl", root / "queries.jsonl"
     qrels = root / "qrels" / f"{split}.tsv"

@@ -53,8 +53,8 @@ def model_search(
     """Exact top-k with a colzero model (MaxSim for ColBERT, dot for dense), by
     :func:`colzero.scoring.search.search`. Returns hits and a scorer
     ``f(query_index, doc_ids) -> scores`` for positive scores."""
-    from colzero.model.loading import load_model
     from colzero.model.colbert import ColBERT
+    from colzero.model.loading import load_model
 
     model = load_model(str(model_path))
     ids = list(corpus)

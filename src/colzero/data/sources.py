@@ -20,13 +20,15 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from colzero.data.readers import DataError, id_value
-from colzero.data.spec import DataSource
 from colzero.data.tables import EmptyTable, IdTable, Table, open_id_table, open_table, split_names
+
+if TYPE_CHECKING:  # built (and validated, with pydantic) by the caller
+    from colzero.data.spec import DataSource
 
 logger = logging.getLogger(__name__)
 

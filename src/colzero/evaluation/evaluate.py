@@ -36,13 +36,16 @@ class EvaluationResults:
     files: dict[str, str] = field(default_factory=dict)
 
     def mean(self, model: str, metric: str = MAIN_METRIC) -> float:
+        """Mean of ``metric`` over the datasets ``model`` was evaluated on."""
         vals = [v[metric] for v in self.scores[model].values()]
         return sum(vals) / len(vals)
 
     def table(self, metric: str = MAIN_METRIC) -> str:
+        """A plain-text table of ``metric`` (models x datasets)."""
         return text_table(self.scores, metric)
 
     def to_dict(self) -> dict[str, Any]:
+        """Scores, means per model, metrics, timings and settings as plain values."""
         return {
             "scores": self.scores,
             "mean": {m: {met: self.mean(m, met) for met in self.metrics} for m in self.scores},
@@ -52,6 +55,7 @@ class EvaluationResults:
         }
 
     def write(self, out_dir: str | os.PathLike[str], plots: bool = True) -> dict[str, str]:
+        """Write ``results.json``, ``results.md`` (and bar charts) into ``out_dir``; returns the files."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
@@ -106,9 +110,7 @@ def evaluate(
     {"query_length": 64}}``); ``preset="colbert-zero"`` fills SPEC section 4 query lengths where
     nothing else set one. Models may be objects or paths (loaded with :func:`colzero.load_model`).
     """
-    model_list = (
-        list(models) if isinstance(models, Sequence) and not isinstance(models, str) else [models]
-    )
+    model_list = list(models) if isinstance(models, Sequence) and not isinstance(models, str) else [models]
     ds_list = [datasets] if isinstance(datasets, RetrievalDataset | str | os.PathLike) else list(datasets)
     if not model_list:
         raise ValueError("no model to evaluate")

@@ -59,6 +59,7 @@ QUERY_LENGTH_PRESETS: dict[str, dict[str, int]] = {
 
 
 def default_cache_dir() -> Path:
+    """``$COLZERO_CACHE/embeddings``, else ``~/.cache/colzero/embeddings``."""
     root = os.environ.get("COLZERO_CACHE")
     return Path(root) / "embeddings" if root else Path.home() / ".cache" / "colzero" / "embeddings"
 
@@ -95,6 +96,7 @@ class RetrievalSettings:
                 raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
 
     def replace(self, **changes: Any) -> RetrievalSettings:
+        """A copy with ``changes`` applied (None values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -114,6 +116,8 @@ def preset_settings(settings: RetrievalSettings, dataset_name: str, preset: str 
 
 @dataclass
 class RetrievalOutput:
+    """A run (query id -> {document id: score}) with timings and where the corpus vectors came from."""
+
     run: dict[str, dict[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
@@ -142,6 +146,7 @@ def _lengths(model: Encoder, role: str, length: int | None) -> Iterator[None]:
 
 
 def effective_length(model: Encoder, role: str, settings: RetrievalSettings) -> int:
+    """The token length ``role`` texts are encoded with under ``settings``."""
     explicit = settings.query_length if role == "query" else settings.document_length
     if explicit is not None:
         return explicit
@@ -168,9 +173,8 @@ def _encode(model, texts: list[str], role: str, settings: RetrievalSettings, **k
 # ---------------------------------------------------------------------- corpus cache
 
 
-def corpus_cache_key(
-    model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings
-) -> str:
+def corpus_cache_key(model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings) -> str:
+    """The cache key of a corpus's vectors (see the module docstring)."""
     prompt = settings.document_prompt
     if prompt is None:
         prompt = model.config.prompt_for("document")

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from colzero.data.datasets import RetrievalDataset
-
-from .grid import DatasetSpec, EvaluationSpec
+from colzero.experiment.grid import DatasetSpec, EvaluationSpec
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +78,8 @@ def evaluate_model(
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate ``model_path`` on every (dataset, cache file) not cached yet; returns the records."""
-    from colzero.model.loading import load_model
     from colzero.evaluation import compute_metrics, load_dataset, retrieve
+    from colzero.model.loading import load_model
 
     todo = [(spec, file) for spec, file in tasks if not file.is_file()]
     records = [json.loads(file.read_text(encoding="utf-8")) for _, file in tasks if file.is_file()]

@@ -230,7 +230,7 @@ def _p(value: float | None) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out + [""]
+    return [*out, ""]
 
 
 def cost_value(entry: dict[str, Any], unit: str, own: bool = False) -> float | None:
@@ -253,7 +253,7 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
     routes: dict[str, Any] = results["routes"]
     datasets = list(results["datasets"])
     unit = results["cost_unit"]
-    conf = int(round(100 * results["statistics"]["confidence"]))
+    conf = round(100 * results["statistics"]["confidence"])
     ref = results["reference"]
     ref_label = routes[ref]["label"]
     lines = [f"# Experiment `{results['grid']}`", ""]
@@ -417,7 +417,7 @@ def write_charts(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
     routes: dict[str, Any] = results["routes"]
     datasets = list(results["datasets"])
     unit = results["cost_unit"]
-    conf = int(round(100 * results["statistics"]["confidence"]))
+    conf = round(100 * results["statistics"]["confidence"])
     files: dict[str, str] = {}
 
     points = [(e["label"], cost_value(e, unit), e.get("mean")) for e in routes.values()]

@@ -1,11 +1,12 @@
 """Training losses. Every loss is called the same way: ``loss = fn(batch); loss.backward()``.
 
-:data:`LOSSES` names them; :func:`build_loss` builds one from a :class:`LossConfig`.
+:data:`LOSSES` names them; :func:`build_loss` builds one from a
+:class:`colzero.losses.config.LossConfig` (a validated record: importing it needs pydantic,
+importing the losses does not).
 """
 
-from colzero.losses.base import Loss
+from colzero.losses.base import Loss, LossKind
 from colzero.losses.cached import CachedContrastive
-from colzero.losses.config import LossConfig, LossKind
 from colzero.losses.contrastive import Contrastive
 from colzero.losses.distillation import Distillation, kl_distillation, minmax_normalize
 from colzero.losses.gather import gather_documents, world
@@ -18,7 +19,6 @@ __all__ = [
     "Contrastive",
     "Distillation",
     "Loss",
-    "LossConfig",
     "LossKind",
     "build_loss",
     "embed",

@@ -3,12 +3,15 @@ is built from a :class:`~colzero.losses.config.LossConfig` and describes itself.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from torch import nn
 
 if TYPE_CHECKING:
     from colzero.losses.config import LossConfig
+
+#: the names of :data:`colzero.losses.registry.LOSSES` (``LossConfig.kind``)
+LossKind = Literal["contrastive", "cached_contrastive", "distillation"]
 
 #: the paper every loss of colzero reproduces a phase of
 COLBERT_ZERO = "ColBERT-Zero (Chaffin et al. 2026, arXiv:2602.16609)"

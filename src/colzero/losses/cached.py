@@ -27,19 +27,21 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
 
 from colzero.data.batch import ContrastiveBatch
 from colzero.losses.base import COLBERT_ZERO
-from colzero.losses.config import LossConfig
 from colzero.losses.contrastive import Contrastive
 from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
 from colzero.model.base import TokenizedBatch
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+if TYPE_CHECKING:
+    from colzero.losses.config import LossConfig
 
 
 class RandContext:
@@ -117,6 +119,7 @@ class CachedContrastive(Contrastive):
                 yield tb.select(rows), role, index, rows
 
     def forward(self, batch: ContrastiveBatch) -> torch.Tensor:
+        """The loss of one batch; ``loss.backward()`` re-embeds chunk by chunk (module docstring)."""
         chunks: list[_Chunk] = []
         vectors: list[list[torch.Tensor]] = [[], [], []]
         masks: list[list[torch.Tensor | None]] = [[], [], []]

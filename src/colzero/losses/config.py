@@ -1,19 +1,18 @@
 """``LossConfig``: which loss a phase trains with, and its settings.
 
 The loss classes are found by ``kind`` in :data:`colzero.losses.registry.LOSSES`; each reads the
-fields it uses in its ``from_config``.
+fields it uses in its ``from_config``. Like every validated settings record it needs pydantic, which
+importing the losses themselves does not (a training machine imports them with torch alone).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
+from colzero.losses.base import LossKind
 from colzero.schema import NonNegativeInt, PositiveInt, from_dict, settings, to_dict
-
-#: the names of :data:`colzero.losses.registry.LOSSES`
-LossKind = Literal["contrastive", "cached_contrastive", "distillation"]
 
 
 @settings

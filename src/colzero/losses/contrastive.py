@@ -35,7 +35,7 @@ Example (embeddings straight in; ``fn(batch)`` embeds a batch with the model fir
 from __future__ import annotations
 
 import math
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +43,12 @@ from torch import nn
 
 from colzero.data.batch import ContrastiveBatch
 from colzero.losses.base import COLBERT_ZERO, Loss
-from colzero.losses.config import LossConfig
 from colzero.losses.gather import all_reduce_mean_, gather_documents, world
 from colzero.losses.scores import embed, score_all_pairs
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+if TYPE_CHECKING:
+    from colzero.losses.config import LossConfig
 
 
 class Contrastive(Loss):

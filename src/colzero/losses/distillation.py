@@ -22,7 +22,7 @@ KL distillation, arXiv:2112.01488).
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,11 @@ from torch import nn
 
 from colzero.data.batch import DistillationBatch
 from colzero.losses.base import COLBERT_ZERO, Loss
-from colzero.losses.config import LossConfig
 from colzero.losses.scores import embed, score_nway
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+if TYPE_CHECKING:
+    from colzero.losses.config import LossConfig
 
 EPSILON = 1e-8
 

@@ -128,6 +128,7 @@ def check_texts(texts: Any) -> tuple[list[str], bool]:
 
 
 def check_role(role: str) -> Role:
+    """``role`` if it is ``"query"`` or ``"document"``, else a ValueError."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     return role  # type: ignore[return-value]
@@ -143,6 +144,7 @@ class TokenizedBatch:
     positions: list[int]
 
     def to(self, device: torch.device) -> TokenizedBatch:
+        """The same batch on ``device``."""
         return TokenizedBatch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
@@ -160,6 +162,7 @@ class TokenizedBatch:
         return TokenizedBatch(ids, self.attention_mask[rows], types, list(range(ids.shape[0])))
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the model's ``forward``."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         if self.token_type_ids is not None:
             inputs["token_type_ids"] = self.token_type_ids
@@ -202,6 +205,7 @@ class EncoderBase(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """Width of the backbone's hidden states."""
         return int(self.backbone.config.hidden_size)
 
     def _tokenize_ids(self, texts: list[str], max_length: int) -> list[list[int]]:

@@ -349,7 +349,9 @@ class ColBERT(EncoderBase):
         return PaddedEmbeddings(emb, mask)
 
     def encode_queries(self, texts: str | list[str], **kwargs: Any):
+        """``encode(texts, "query", ...)``."""
         return self.encode(texts, "query", **kwargs)
 
     def encode_documents(self, texts: str | list[str], **kwargs: Any):
+        """``encode(texts, "document", ...)``."""
         return self.encode(texts, "document", **kwargs)

@@ -82,12 +82,15 @@ class ColBERTConfig:
         _check_prompts(self.prompts)
 
     def prompt_for(self, role: Role) -> str:
+        """The prompt prepended to ``role`` texts (``""``: none)."""
         return self.prompts.get(role, "")
 
     def prefix_for(self, role: Role) -> str:
+        """The marker token of ``role`` (``[Q] `` / ``[D] ``)."""
         return self.query_prefix if role == "query" else self.document_prefix
 
     def length_for(self, role: Role) -> int:
+        """``query_length`` or ``document_length``."""
         return self.query_length if role == "query" else self.document_length
 
 
@@ -111,6 +114,7 @@ class DenseConfig:
         _check_prompts(self.prompts)
 
     def prompt_for(self, role: Role) -> str:
+        """The prompt prepended to ``role`` texts (``""``: none)."""
         return self.prompts.get(role, "")
 
 

@@ -136,9 +136,11 @@ class DenseModel(EncoderBase):
         return path
 
     def tokenize_rows(self, texts: list[str], role: Role) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, attention_mask) per text, truncated to ``max_length``."""
         return [(ids, [1] * len(ids)) for ids in self._tokenize_ids(texts, self.config.max_length)]
 
     def tokenize(self, texts: list[str], role: Role, prompt: str | None = None) -> TokenizedBatch:
+        """One padded batch (no sorting), e.g. for training collation."""
         texts = self._with_prompt(list(texts), role, prompt)
         rows = self.tokenize_rows(texts, role)
         return self._pad(

@@ -36,6 +36,7 @@ def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp
 
 
 def autocast(device: torch.device, precision: Literal["fp32", "bf16"]) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``"bf16"``, nothing for ``"fp32"``."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

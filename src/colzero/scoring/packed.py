@@ -69,7 +69,7 @@ class PackedEmbeddings:
     a torch dtype.
     """
 
-    __slots__ = ("vectors", "offsets")
+    __slots__ = ("offsets", "vectors")
 
     def __init__(self, vectors: ArrayLike, offsets: ArrayLike | None = None) -> None:
         vecs = as_tensor(vectors)
@@ -113,6 +113,7 @@ class PackedEmbeddings:
 
     @classmethod
     def from_lengths(cls, vectors: ArrayLike, lengths: ArrayLike) -> PackedEmbeddings:
+        """Packed vectors from flat ``(tokens, dim)`` vectors and per-document token counts."""
         lens = torch.as_tensor(np.asarray(lengths) if not isinstance(lengths, torch.Tensor) else lengths)
         offsets = torch.zeros(len(lens) + 1, dtype=torch.long)
         torch.cumsum(lens.long().cpu(), 0, out=offsets[1:])
@@ -130,14 +131,17 @@ class PackedEmbeddings:
 
     @property
     def dim(self) -> int:
+        """Vector width."""
         return int(self.vectors.shape[1])
 
     @property
     def dtype(self) -> torch.dtype:
+        """Vector dtype."""
         return self.vectors.dtype
 
     @property
     def device(self) -> torch.device:
+        """Where the vectors are."""
         return self.vectors.device
 
     @property
@@ -243,6 +247,7 @@ class PackedEmbeddings:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> PackedEmbeddings:
+        """The same documents with the vectors moved / cast (offsets follow the device)."""
         return PackedEmbeddings(
             self.vectors.to(device=device, dtype=dtype or self.vectors.dtype),
             self.offsets.to(device=device),

@@ -45,6 +45,8 @@ CorpusInput = PackedEmbeddings | torch.Tensor | np.ndarray
 
 
 class SearchResult(NamedTuple):
+    """Top-k ``scores`` (float32, descending) and document ``indices`` per query; empty slots hold (-inf, -1)."""
+
     scores: torch.Tensor  # (nq, width) float32
     indices: torch.Tensor  # (nq, width) int64, -1 where no document
 

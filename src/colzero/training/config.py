@@ -123,7 +123,9 @@ class PhaseConfig:
                     f"{where}: loss 'distillation' needs candidate_ids and teacher_scores on source {s.name!r}"
                 )
             if not distill and s.positive is None:
-                raise ValueError(f"{where}: loss {self.loss.kind!r} needs a positive column on source {s.name!r}")
+                raise ValueError(
+                    f"{where}: loss {self.loss.kind!r} needs a positive column on source {s.name!r}"
+                )
             if not distill and self.loss.n_negatives > 0 and s.negatives is None:
                 raise ValueError(
                     f"{where}: loss.n_negatives={self.loss.n_negatives} but source {s.name!r} has no negatives column"

@@ -40,6 +40,8 @@ DONE = "done.json"
 
 @dataclass
 class RunResult:
+    """What :func:`run_recipe` did: the run folder, final model, per-phase records, evaluation and cost."""
+
     run_dir: Path
     final_model: Path | None
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -128,6 +130,7 @@ def _loadable_for(model_type: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- preparation
 def run_prepare(recipe: Recipe) -> list[Path]:
+    """Run the recipe's ``[[prepare]]`` steps whose output does not exist yet; returns the outputs."""
     outputs = []
     for i, step in enumerate(recipe.prepare):
         out = Path(step.output)
@@ -205,6 +208,7 @@ def _record_history(model_dir: Path, entry: dict[str, Any], history: list[dict[s
 
 # ---------------------------------------------------------------------- the run
 def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    """One row per phase: start model, loss, temperature, learning rate, batch, settings and config."""
     rows = []
     prev: Path | None = None
     for i, p in enumerate(recipe.phases):
@@ -256,6 +260,7 @@ def plan_sources(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
 
 
 def default_run_dir(recipe_name: str) -> Path:
+    """``runs/<recipe name>``."""
     return Path("runs") / recipe_name
 
 

