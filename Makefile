@@ -18,5 +18,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
+# ruff (rules in pyproject.toml) and mypy on the public API (scope: [tool.mypy] in pyproject.toml)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks scripts && $(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(PY) -m mypy

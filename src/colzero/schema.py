@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar, dataclass_transform, overload
+from typing import Annotated, Any, TypeVar, cast, dataclass_transform, overload
 
 import pydantic
 import pydantic.dataclasses
@@ -143,7 +143,7 @@ def settings(cls: type[T] | None = None, /, *, kw_only: bool = False) -> Any:
                 raise SettingsError(_describe_construction(exc, klass.__name__)) from None
 
         made.__init__ = __init__  # type: ignore[method-assign]
-        return made
+        return cast("type[T]", made)
 
     return wrap if cls is None else wrap(cls)
 

@@ -109,6 +109,18 @@ def evaluate(
     to all datasets; ``per_dataset[name]`` overrides per dataset (e.g. ``{"arguana":
     {"query_length": 64}}``); ``preset="colbert-zero"`` fills SPEC section 4 query lengths where
     nothing else set one. Models may be objects or paths (loaded with :func:`colzero.load_model`).
+
+    Example (``model`` is any ColBERT or DenseModel; datasets may be BEIR folders or names):
+
+    >>> from colzero.evaluation import RetrievalDataset
+    >>> toy = RetrievalDataset(
+    ...     "toy", ["d1", "d2"], ["the quick brown fox", "protein cell study"],
+    ...     ["q1"], ["brown fox"], {"q1": {"d1": 1}})
+    >>> res = evaluate(model, toy, model_names=["tiny"], use_cache=False, plots=False)
+    >>> sorted(res.scores["tiny"]["toy"])
+    ['map@100', 'mrr@10', 'ndcg@10', 'recall@100']
+    >>> 0.0 <= res.mean("tiny") <= 1.0
+    True
     """
     model_list = list(models) if isinstance(models, Sequence) and not isinstance(models, str) else [models]
     ds_list = [datasets] if isinstance(datasets, RetrievalDataset | str | os.PathLike) else list(datasets)

@@ -41,7 +41,7 @@ def text_table(scores: dict[str, dict[str, dict[str, float]]], metric: str = MAI
     header, rows = table_rows(scores, metric)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(r):
+    def line(r: list[str]) -> str:
         return "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
         )

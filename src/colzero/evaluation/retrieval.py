@@ -33,6 +33,7 @@ import torch
 
 from colzero.data.datasets import RetrievalDataset
 from colzero.model.colbert import ColBERT
+from colzero.model.config import ColBERTConfig, Role
 from colzero.model.encoder import Encoder
 from colzero.model.precision import Precision, resolve_precision
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
@@ -128,34 +129,34 @@ class RetrievalOutput:
 
 
 @contextlib.contextmanager
-def _lengths(model: Encoder, role: str, length: int | None) -> Iterator[None]:
+def _lengths(model: Encoder, role: Role, length: int | None) -> Iterator[None]:
     """Temporarily encode ``role`` texts with ``length`` tokens."""
     if length is None:
         yield
         return
-    old = model.config
-    if isinstance(model, ColBERT):
+    holder: Any = model  # the protocol's config is read-only; the models' own is settable
+    old = holder.config
+    if isinstance(old, ColBERTConfig):
         key = "query_length" if role == "query" else "document_length"
     else:
         key = "max_length"
-    model.config = dataclasses.replace(old, **{key: length})
+    holder.config = dataclasses.replace(old, **{key: length})
     try:
         yield
     finally:
-        model.config = old
+        holder.config = old
 
 
-def effective_length(model: Encoder, role: str, settings: RetrievalSettings) -> int:
+def effective_length(model: Encoder, role: Role, settings: RetrievalSettings) -> int:
     """The token length ``role`` texts are encoded with under ``settings``."""
     explicit = settings.query_length if role == "query" else settings.document_length
     if explicit is not None:
         return explicit
-    if isinstance(model, ColBERT):
-        return model.config.length_for(role)  # type: ignore[arg-type]
-    return model.config.max_length
+    config = model.config
+    return config.length_for(role) if isinstance(config, ColBERTConfig) else config.max_length
 
 
-def _encode(model, texts: list[str], role: str, settings: RetrievalSettings, **kw: Any):
+def _encode(model: Encoder, texts: list[str], role: Role, settings: RetrievalSettings, **kw: Any) -> Any:
     length = settings.query_length if role == "query" else settings.document_length
     prompt = settings.query_prompt if role == "query" else settings.document_prompt
     with _lengths(model, role, length):

@@ -38,6 +38,7 @@ from colzero.losses.contrastive import Contrastive
 from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
 from colzero.model.base import TokenizedBatch
+from colzero.model.config import Role
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class RandContext:
     def __init__(self) -> None:
         self.cpu_state = torch.get_rng_state()
         self.cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self._fork: contextlib.AbstractContextManager | None = None
+        self._fork: contextlib.AbstractContextManager[None] | None = None
 
     def __enter__(self) -> None:
         devices = list(range(len(self.cuda_states))) if self.cuda_states is not None else []
@@ -60,7 +61,7 @@ class RandContext:
         if self.cuda_states is not None:
             torch.cuda.set_rng_state_all(self.cuda_states)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         assert self._fork is not None
         self._fork.__exit__(*exc)
         self._fork = None
@@ -69,7 +70,7 @@ class RandContext:
 @dataclass
 class _Chunk:
     batch: TokenizedBatch
-    role: str
+    role: Role
     part: int  # 0 queries, 1 positives, 2 negatives
     rows: slice
     rng: RandContext
@@ -108,8 +109,8 @@ class CachedContrastive(Contrastive):
         """The settings that define this loss (the temperature as configured)."""
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
 
-    def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, str, int, slice]]:
-        parts = [(batch.queries, "query"), (batch.positives, "document")]
+    def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, Role, int, slice]]:
+        parts: list[tuple[TokenizedBatch, Role]] = [(batch.queries, "query"), (batch.positives, "document")]
         if batch.negatives is not None and batch.n_negatives > 0:
             parts.append((batch.negatives, "document"))
         for index, (tb, role) in enumerate(parts):
@@ -130,29 +131,32 @@ class CachedContrastive(Contrastive):
                 chunks.append(_Chunk(tb, role, part, rows, rng))
                 vectors[part].append(v.detach())
                 masks[part].append(m)
-        full = [torch.cat(v) if v else None for v in vectors]
-        full_masks = [torch.cat(m) if m and m[0] is not None else None for m in masks]
+        queries, positives = torch.cat(vectors[0]), torch.cat(vectors[1])
+        negatives = torch.cat(vectors[2]) if vectors[2] else None
+        full_masks = [_cat_masks(m) for m in masks]
         if not torch.is_grad_enabled():
             return self.loss_from_embeddings(
-                full[0], full_masks[0], full[1], full_masks[1], full[2], full_masks[2]
+                queries, full_masks[0], positives, full_masks[1], negatives, full_masks[2]
             )
-        device_type = full[0].device.type
+        device_type = queries.device.type
         autocast_state = (
             device_type,
             torch.is_autocast_enabled(device_type),
             torch.get_autocast_dtype(device_type),
         )
-        leaves = [None if v is None else v.requires_grad_() for v in full]
+        leaves = [queries.requires_grad_(), positives.requires_grad_()]
+        if negatives is not None:
+            leaves.append(negatives.requires_grad_())
         loss = self.loss_from_embeddings(
-            leaves[0], full_masks[0], leaves[1], full_masks[1], leaves[2], full_masks[2]
+            leaves[0], full_masks[0], leaves[1], full_masks[1], negatives, full_masks[2]
         )
-        targets = [v for v in leaves if v is not None]
+        targets = list(leaves)
         if self.learnable_temperature:
             targets.append(self.log_temperature)
         grads = torch.autograd.grad(loss, targets)
-        part_grads = [None, None, None]
-        for i, g in zip([i for i, v in enumerate(leaves) if v is not None], grads, strict=False):
-            part_grads[i] = g
+        part_grads: list[torch.Tensor | None] = [None, None, None]
+        for i in range(len(leaves)):
+            part_grads[i] = grads[i]
         temperature_grad = grads[-1] if self.learnable_temperature else None
         out = loss.detach().requires_grad_()
         out.register_hook(partial(self._backward, chunks, part_grads, temperature_grad, autocast_state))
@@ -181,3 +185,9 @@ class CachedContrastive(Contrastive):
             g = all_reduce_mean_((temperature_grad * grad_output).detach().clone())
             param = self.log_temperature
             param.grad = g if param.grad is None else param.grad + g
+
+
+def _cat_masks(masks: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The chunks' masks as one (None when the vectors are single-vector)."""
+    present = [m for m in masks if m is not None]
+    return torch.cat(present) if present and len(present) == len(masks) else None

@@ -67,6 +67,9 @@ class Contrastive(Loss):
         budget_bytes: memory budget of one MaxSim similarity chunk.
     """
 
+    #: an Encoder, or one wrapped in DistributedDataParallel (not a submodule)
+    model: nn.Module
+
     citation = (
         "InfoNCE (van den Oord et al. 2018, arXiv:1807.03748) on ColBERT late-interaction scores "
         f"(Khattab & Zaharia 2020, arXiv:2004.12832), as in the contrastive phases of {COLBERT_ZERO}"

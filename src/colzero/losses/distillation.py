@@ -77,6 +77,9 @@ def kl_distillation(
 class Distillation(Loss):
     """KL distillation loss (module docstring). ``model`` is not registered as a submodule."""
 
+    #: an Encoder, or one wrapped in DistributedDataParallel (not a submodule)
+    model: nn.Module
+
     citation = (
         "KL distillation from teacher scores (Hinton et al. 2015, arXiv:1503.02531; ColBERTv2, "
         f"Santhanam et al. 2022, arXiv:2112.01488), as in the distillation phase of {COLBERT_ZERO}"

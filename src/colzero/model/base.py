@@ -7,7 +7,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,9 @@ from colzero.model.folder import FolderDescription, ModelLoadError
 from colzero.model.precision import Precision, autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
+
+#: texts -> (input_ids, attention_mask) per text
+Tokenizer = Callable[[list[str]], list[tuple[list[int], list[int]]]]
 
 
 FLASH_ATTENTION_2 = "flash_attention_2"
@@ -131,7 +134,7 @@ def check_role(role: str) -> Role:
     """``role`` if it is ``"query"`` or ``"document"``, else a ValueError."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 @dataclass
@@ -230,7 +233,7 @@ class EncoderBase(nn.Module):
         return TokenizedBatch(ids, mask, types, positions)
 
     def _sorted_batches(
-        self, texts: list[str], batch_size: int, tokenize, pad_id: int
+        self, texts: list[str], batch_size: int, tokenize: Tokenizer, pad_id: int
     ) -> Iterator[TokenizedBatch]:
         """Batches of similar length (longest first), each padded only to its own longest row."""
         if batch_size < 1:
@@ -249,9 +252,9 @@ class EncoderBase(nn.Module):
         self,
         texts: list[str],
         batch_size: int,
-        tokenize,
+        tokenize: Tokenizer,
         pad_id: int,
-        embed,
+        embed: Callable[[TokenizedBatch], Sequence[Any]],
         precision: Precision,
         show_progress: bool,
         desc: str,

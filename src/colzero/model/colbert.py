@@ -65,6 +65,8 @@ class ColBERT(EncoderBase):
     """
 
     config: ColBERTConfig
+    #: token ids of the punctuation skiplist (a buffer)
+    skiplist_ids: torch.Tensor
 
     def __init__(
         self,
@@ -108,7 +110,7 @@ class ColBERT(EncoderBase):
         self.expansion_token_id = int(tok.pad_token_id)
         self.marker_ids: dict[str, int | None] = {
             role: (
-                tok.convert_tokens_to_ids(self.config.prefix_for(role))
+                int(tok.convert_tokens_to_ids(self.config.prefix_for(role)))  # type: ignore[arg-type]
                 if self.config.prefix_for(role)
                 else None
             )
@@ -304,6 +306,20 @@ class ColBERT(EncoderBase):
         skiplist tokens, queries with their expansion positions. ``output="padded"``: a
         :class:`PaddedEmbeddings`. A single string returns a single matrix. ``precision="auto"``
         uses bf16 autocast on CUDA and on CPUs with fast bf16 (AMX / AVX512-BF16), else fp32.
+
+        Example (``model`` is any ColBERT, e.g. ``ColBERT.from_pretrained(
+        "lightonai/GTE-ModernColBERT-v1")``; the doctest runs on a tiny random one):
+
+        >>> docs = model.encode(["ColBERT scores with MaxSim.", "A fox."])  # one matrix per text
+        >>> [tuple(d.shape) for d in docs] == [(d.shape[0], model.config.embedding_dim) for d in docs]
+        True
+        >>> q = model.encode("what is late interaction?", "query")  # [MASK]-expanded
+        >>> q.shape[0] == model.config.query_length
+        True
+        >>> padded = model.encode(["a fox", "the quick brown fox"], output="padded")
+        >>> padded.embeddings.shape[:2] == padded.mask.shape and padded.mask.sum(1).tolist() == [
+        ...     len(d) for d in model.encode(["a fox", "the quick brown fox"])]
+        True
         """
         role = check_role(role)
         if output not in ("list", "padded"):
@@ -348,10 +364,14 @@ class ColBERT(EncoderBase):
             mask[i, : m.shape[0]] = m
         return PaddedEmbeddings(emb, mask)
 
-    def encode_queries(self, texts: str | list[str], **kwargs: Any):
+    def encode_queries(
+        self, texts: str | list[str], **kwargs: Any
+    ) -> list[torch.Tensor] | torch.Tensor | PaddedEmbeddings:
         """``encode(texts, "query", ...)``."""
         return self.encode(texts, "query", **kwargs)
 
-    def encode_documents(self, texts: str | list[str], **kwargs: Any):
+    def encode_documents(
+        self, texts: str | list[str], **kwargs: Any
+    ) -> list[torch.Tensor] | torch.Tensor | PaddedEmbeddings:
         """``encode(texts, "document", ...)``."""
         return self.encode(texts, "document", **kwargs)

@@ -275,7 +275,16 @@ def maxsim_pairwise(
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> torch.Tensor:
-    """Score query i against document i: (B, Lq, D) x (B, Ld, D) -> (B,) float32."""
+    """Score query i against document i: (B, Lq, D) x (B, Ld, D) -> (B,) float32.
+
+    >>> import torch
+    >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # 1 query, 2 token vectors
+    >>> d = torch.tensor([[[0.6, 0.8], [1.0, 0.0]]])  # 1 document, 2 token vectors
+    >>> maxsim_pairwise(q, d, torch.tensor([[True, True]]))  # max(0.6, 1) + max(0.8, 0)
+    tensor([1.8000])
+    >>> maxsim_pairwise(q, d, torch.tensor([[True, False]]))  # the second token is masked
+    tensor([1.4000])
+    """
     _check(queries, documents, documents_mask, 3)
     scores = maxsim_nway(
         queries,
@@ -295,7 +304,14 @@ def maxsim_nway(
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> torch.Tensor:
-    """Score each query against its own k candidates: (B, Lq, D) x (B, K, Ld, D) -> (B, K)."""
+    """Score each query against its own k candidates: (B, Lq, D) x (B, K, Ld, D) -> (B, K).
+
+    >>> import torch
+    >>> q = torch.tensor([[[1.0, 0.0]]])  # 1 query of 1 token
+    >>> d = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]], [[0.6, 0.8]]]])  # its 3 candidates
+    >>> maxsim_nway(q, d, torch.ones(1, 3, 1, dtype=torch.bool))
+    tensor([[1.0000, 0.0000, 0.6000]])
+    """
     _check(queries, documents, documents_mask, 3)
     dtype = compute_dtype(queries, documents)
     return _NwayMaxSim.apply(
@@ -327,6 +343,13 @@ def maxsim_all_pairs(
     """Every query against every document: (Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd) float32.
 
     Each chunk is a single matrix product (chunk_q * Lq, D) @ (D, chunk_d * Ld).
+
+    >>> import torch
+    >>> q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 2 queries of 1 token
+    >>> d = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.6, 0.8], [0.0, 1.0]]])  # 2 documents
+    >>> maxsim_all_pairs(q, d, torch.tensor([[True, False], [True, True]]))
+    tensor([[1.0000, 0.6000],
+            [0.0000, 1.0000]])
     """
     _check(queries, documents, documents_mask, 3)
     dtype = compute_dtype(queries, documents)

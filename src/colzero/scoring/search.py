@@ -22,7 +22,7 @@ and is moved there one group at a time.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ def _exclusions(
         if items and all(isinstance(x, int | np.integer) for x in items):
             ex = torch.tensor(items, dtype=torch.long)
         else:
-            rows = [list(x) for x in items]
+            rows = [list(cast(Sequence[int], x)) for x in items]
             width = max((len(r) for r in rows), default=0)
             ex = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
             ex = ex.reshape(len(rows), width)

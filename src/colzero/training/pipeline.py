@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from colzero.model.encoder import Encoder
 from colzero.training import prompts as prompt_tools
 from colzero.training.cost import PhaseCost, summarize
 from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
@@ -45,7 +46,7 @@ class RunResult:
     run_dir: Path
     final_model: Path | None
     phases: list[dict[str, Any]] = field(default_factory=list)
-    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     plan: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
@@ -82,6 +83,7 @@ def evaluate_model(
     from colzero.evaluation import evaluate
 
     settings = recipe.settings_for(index) if index is not None else dict(recipe.model.settings)
+    model: Encoder
     if index == 0 and Path(str(model_path)) == Path(str(recipe.model.base)):
         # the start model as phase 1 sees it: the recipe's model type, with the projection
         # phase 1 initialises from its seed (an MLM or dense folder is not a ColBERT yet)
@@ -332,7 +334,7 @@ class _RecipeRun:
     def __init__(self, recipe: Recipe, run_dir: Path, dist: Any, evaluate: bool, show_progress: bool) -> None:
         self.recipe, self.run_dir, self.dist = recipe, run_dir, dist
         self.evaluate, self.show_progress = evaluate, show_progress
-        self.evaluation: dict[str, dict[str, float]] = {}
+        self.evaluation: dict[str, dict[str, dict[str, float]]] = {}
         self.history: list[dict[str, Any]] = []
         self.previous: Path | None = None
 

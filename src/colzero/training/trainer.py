@@ -29,13 +29,14 @@ import random
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from colzero.data.collate import Collator, batch_to, count_tokens
@@ -44,7 +45,7 @@ from colzero.data.sampler import SameSourceBatchSampler
 from colzero.data.sources import StreamSource, load_sources
 from colzero.losses import Contrastive, Loss, build_loss
 from colzero.model.colbert import ColBERT
-from colzero.model.config import ColBERTConfig
+from colzero.model.config import ColBERTConfig, Role
 from colzero.model.dense import DenseModel
 from colzero.model.encoder import Encoder
 from colzero.model.precision import autocast, resolve_precision
@@ -100,8 +101,9 @@ def freeze_unused_parameters(model: Encoder) -> list[str]:
     was_training = model.training
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         model.train()
-        probe = 0
-        for role in ("query", "document"):
+        probe = torch.zeros(())
+        roles: tuple[Role, Role] = ("query", "document")
+        for role in roles:
             batch = model.tokenize(["a b"], role).to(model.device)
             vectors, _ = model.embed(batch, role)
             probe = probe + vectors.float().sum()
@@ -201,7 +203,7 @@ class PhaseTrainer:
             return None
         if any(w is None for w in given):
             raise ValueError(f"phase {self.cfg.name!r}: give a weight to every source or to none")
-        return [float(w) for w in given]
+        return [float(w) for w in given if w is not None]
 
     # ------------------------------------------------------------------ restore
     def _find_state(self, resume: bool) -> dict[str, Any] | None:
@@ -238,7 +240,7 @@ class PhaseTrainer:
     def _build(self) -> None:
         cfg, d = self.cfg, self.dist
         seed_everything(cfg.seed)
-        start = str(Path(self.state["folder"]) / "model") if self.state else cfg.model
+        start = str(Path(self.state["folder"]) / "model") if self.state else str(cfg.model)
         model = load_start_model(start, cfg.model_type, cfg.model_settings, cfg.seed).to(d.device)
         model.train()
         freeze_unused_parameters(model)
@@ -288,7 +290,7 @@ class PhaseTrainer:
 
     def _loss_state(self) -> dict[str, torch.Tensor]:
         own = {id(p) for p in self.model.parameters()}
-        named = dict(self.loss_fn.named_parameters())
+        named: dict[str, torch.Tensor] = dict(self.loss_fn.named_parameters())
         named.update(dict(self.loss_fn.named_buffers()))
         return {k: v.detach().cpu().clone() for k, v in named.items() if id(v) not in own}
 
@@ -328,9 +330,9 @@ class PhaseTrainer:
             self._close_outputs()
 
     def _due(self, every: int | None) -> bool:
-        return bool(every) and self.global_step % every == 0 and self.global_step < self.total_steps
+        return every is not None and self.global_step % every == 0 and self.global_step < self.total_steps
 
-    def _loader(self):
+    def _loader(self) -> Iterable[tuple[Position, Any]]:
         cfg = self.cfg
         remaining = (self.total_steps - self.global_step) * cfg.gradient_accumulation
         return input_pipeline(
@@ -343,7 +345,7 @@ class PhaseTrainer:
             pin_memory=self.dist.device.type == "cuda",
         )
 
-    def step(self, batches) -> dict[str, float]:
+    def step(self, batches: Iterator[tuple[Position, Any]]) -> dict[str, float]:
         """One optimizer step: ``gradient_accumulation`` micro-batches, synced once, then AdamW."""
         cfg, d = self.cfg, self.dist
         t0 = time.perf_counter()
@@ -357,7 +359,7 @@ class PhaseTrainer:
             counts += torch.tensor([len(batch), count_tokens(batch)], dtype=torch.float64)
             batch = batch_to(batch, d.device, non_blocking=True)
             last = micro == cfg.gradient_accumulation - 1
-            sync = contextlib.nullcontext() if last or not d.active else self.ddp.no_sync()
+            sync = contextlib.nullcontext() if last or not isinstance(self.ddp, DDP) else self.ddp.no_sync()
             with sync:
                 with autocast(d.device, self.precision):
                     loss = self.loss_fn(batch)
@@ -388,7 +390,7 @@ class PhaseTrainer:
         cost.steps = self.global_step
         if cost.first_step_unix is None:
             cost.first_step_unix = time.time()
-        metrics = {"loss": mean_loss, "lr": lr}
+        metrics: dict[str, float] = {"loss": mean_loss, "lr": float(lr)}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
         if isinstance(self.loss_fn, Contrastive):
@@ -397,7 +399,8 @@ class PhaseTrainer:
 
     # ------------------------------------------------------------------ outputs (rank 0)
     def _open_outputs(self) -> None:
-        self.metrics_file = self.writer = None
+        self.metrics_file: TextIO | None = None
+        self.writer: Any = None
         if not self.dist.is_main:
             return
         self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -417,9 +420,9 @@ class PhaseTrainer:
     def log(self, metrics: dict[str, float], *, force: bool = False) -> None:
         """Append a ``metrics.jsonl`` line (and TensorBoard scalars) on rank 0 every ``log_every`` steps."""
         due = force or self.global_step % self.cfg.log_every == 0 or self.global_step == self.total_steps
-        if not (self.dist.is_main and due):
+        if not due or self.metrics_file is None:  # only rank 0 has the file
             return
-        record = {"step": self.global_step, "epoch": self.epoch, **metrics}
+        record: dict[str, Any] = {"step": self.global_step, "epoch": self.epoch, **metrics}
         if not force:
             record.update(self.cost.counters())
         self.metrics_file.write(json.dumps(record) + "\n")
