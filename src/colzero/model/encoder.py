@@ -18,7 +18,6 @@ from torch import nn
 
 from colzero.model.base import TokenizedBatch
 from colzero.model.config import ColBERTConfig, DenseConfig, Role
-from colzero.model.precision import Precision
 
 
 class Encoder(Protocol):
@@ -44,18 +43,10 @@ class Encoder(Protocol):
         """Vectors (and the scoring mask of multi-vector models) of a tokenized batch."""
         ...
 
-    def encode(
-        self,
-        texts: str | list[str],
-        role: Role = "document",
-        *,
-        batch_size: int = 32,
-        prompt: str | None = None,
-        show_progress: bool = False,
-        precision: Precision = "auto",
-        dtype: torch.dtype = torch.float32,
-    ) -> Any:
-        """Vectors of ``texts`` on the CPU, batched by length, without gradients."""
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        """Vectors of texts on the CPU, batched by length, without gradients: ``encode(texts,
+        role="document", *, batch_size=32, prompt=None, show_progress=False, precision="auto",
+        dtype=torch.float32)`` (ColBERT adds ``output="list" | "padded"``)."""
         ...
 
     def fingerprint(self) -> str:
