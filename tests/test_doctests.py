@@ -34,4 +34,6 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
         verbose=False,
     )
     assert result.attempted > 0, f"{name} has no docstring example"
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed (output above)"
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples of {name} failed (output above)"
+    )
