@@ -407,7 +407,15 @@ class PhaseTrainer:
         self.metrics_file = self.writer = None
         if not self.dist.is_main:
             return
-        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # resumed: what the lost steps logged is logged again (see purge_step)
+            kept = [
+                line for line in metrics.read_text(encoding="utf-8").splitlines() if self._logged_before(line)
+            ]
+            tmp = metrics.with_name(f".{metrics.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, metrics)
+        self.metrics_file = open(metrics, "a", encoding="utf-8")  # noqa: SIM115
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -415,6 +423,13 @@ class PhaseTrainer:
             self.writer = SummaryWriter(str(self.out / "tb"), purge_step=purge)
         except ImportError:  # pragma: no cover
             logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def _logged_before(self, line: str) -> bool:
+        """A metrics line of a step this run resumed after (a line cut by a kill is dropped)."""
+        try:
+            return int(json.loads(line)["step"]) <= self.global_step
+        except (ValueError, KeyError, TypeError):
+            return False
 
     def _close_outputs(self) -> None:
         for handle in (self.metrics_file, self.writer):
