@@ -477,3 +477,92 @@ def test_sigkill_inside_a_checkpoint_write_resumes_in_a_fresh_process(phase, uni
     assert [s for s, _ in ckpt.complete_checkpoints(root)] == [MAX_STEPS - 1, MAX_STEPS]
     assert not _hidden(root)
     assert _metric_steps(root) == list(range(1, MAX_STEPS + 1))
+
+
+# ---------------------------------------------------------------------- a rank that cannot see it
+TIMEOUT_S = 300  # a hang fails the test; collectives time out much earlier (COLZERO_DIST_TIMEOUT_S)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank: int, world: int, port: int, jobs: list, report: str) -> None:
+    """Run each job's config for this rank; record how it ended in ``report/<rank>.json``."""
+    import torch.distributed as dist
+
+    from colzero.training.trainer import CheckpointNotVisible
+
+    os.environ.update(
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        COLZERO_DIST_TIMEOUT_S="60",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    ended = {}
+    try:
+        for name, cfgs in jobs:
+            steps: list[int] = []
+            try:
+                run_phase(
+                    cfgs[rank], show_progress=False, step_callback=lambda s, m, steps=steps: steps.append(s)
+                )
+                ended[name] = {"error": None, "steps": steps}
+            except CheckpointNotVisible as exc:
+                ended[name] = {"error": type(exc).__name__, "message": str(exc), "steps": steps}
+    finally:
+        Path(report, f"{rank}.json").write_text(json.dumps(ended))
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_a_rank_that_cannot_see_the_checkpoint_fails_loudly_on_every_rank(phase, tmp_path):
+    """Two gloo ranks with their own output_dir, as two nodes without a shared file system: a new
+    run stops at its first checkpoint, a resumed run before its first step, on both ranks."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    def two(name: str) -> list[PhaseConfig]:
+        return [dataclasses.replace(phase("x"), output_dir=str(tmp_path / f"{name}-node{r}")) for r in (0, 1)]
+
+    new, resumed = two("new"), two("resumed")
+    run_phase(dataclasses.replace(resumed[0], max_steps=2), show_progress=False)  # on node 0 only
+    (tmp_path / "resumed-node0" / "final").rename(tmp_path / "resumed-final-of-the-short-run")
+    report = tmp_path / "report"
+    report.mkdir()
+    ctx = mp.spawn(
+        _rank_worker,
+        args=(2, _free_port(), [("new", new), ("resumed", resumed)], str(report)),
+        nprocs=2,
+        join=False,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not ctx.join(timeout=1):
+            assert time.monotonic() < deadline, "the ranks hang instead of failing"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    for rank in (0, 1):
+        ended = json.loads((report / f"{rank}.json").read_text())
+        for name in ("new", "resumed"):
+            assert ended[name]["error"] == "CheckpointNotVisible", (rank, name, ended[name])
+            assert ended[name]["steps"] == [], (rank, name)
+        assert "step 2" in ended["resumed"]["message"] and "file system all nodes share" in ended["resumed"]["message"]
+    # node 0 wrote its first checkpoint, then stopped with the others
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path / "new-node0")] == [1]
+    assert not (tmp_path / "new-node1" / ckpt.CHECKPOINTS).exists()
+    # the resumed run stopped before any step: rank 0 trained and logged nothing
+    assert _metric_steps(tmp_path / "resumed-node0") == [1, 2]

@@ -235,13 +235,14 @@ class PhaseTrainer:
             d.barrier()
             return None
         step, folder = found
-        if not d.all_ok((Path(folder) / ckpt.STATE_FILE).is_file()):
+        mine = ckpt.step_dir(self.out, step)  # this rank's view of output_dir, not rank 0's path
+        if not d.all_ok((mine / ckpt.STATE_FILE).is_file()):
             raise CheckpointNotVisible(
                 f"rank {d.rank}: checkpoint {folder} (step {step}) written by rank 0 is not visible on every "
-                "rank; put output_dir on a file system all nodes share"
+                f"rank (this rank looked for {mine}); put output_dir on a file system all nodes share"
             )
-        state = ckpt.load_state(Path(folder))
-        state["folder"] = folder
+        state = ckpt.load_state(mine)
+        state["folder"] = str(mine)
         return state
 
     # ------------------------------------------------------------------ setup
