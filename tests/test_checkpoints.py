@@ -472,6 +472,8 @@ def test_sigkill_inside_a_checkpoint_write_resumes_in_a_fresh_process(phase, uni
     (leftover,) = _hidden(root)  # the killed write: model complete, training state cut in half
     state = root / ckpt.CHECKPOINTS / leftover / ckpt.STATE_FILE
     assert 0 < state.stat().st_size < (ckpt.step_dir(root, FAULT_STEP - 1) / ckpt.STATE_FILE).stat().st_size
+    with open(root / "metrics.jsonl", "a") as fh:  # as a kill in the middle of a metrics line leaves it
+        fh.write('{"step": 4, "loss": 0.')
     run_phase(cfg, show_progress=False)  # resumed in another process than the killed one
     assert_same_weights(root / "final", final)
     assert [s for s, _ in ckpt.complete_checkpoints(root)] == [MAX_STEPS - 1, MAX_STEPS]
@@ -560,7 +562,10 @@ def test_a_rank_that_cannot_see_the_checkpoint_fails_loudly_on_every_rank(phase,
         for name in ("new", "resumed"):
             assert ended[name]["error"] == "CheckpointNotVisible", (rank, name, ended[name])
             assert ended[name]["steps"] == [], (rank, name)
-        assert "step 2" in ended["resumed"]["message"] and "file system all nodes share" in ended["resumed"]["message"]
+        assert (
+            "step 2" in ended["resumed"]["message"]
+            and "file system all nodes share" in ended["resumed"]["message"]
+        )
     # node 0 wrote its first checkpoint, then stopped with the others
     assert [s for s, _ in ckpt.complete_checkpoints(tmp_path / "new-node0")] == [1]
     assert not (tmp_path / "new-node1" / ckpt.CHECKPOINTS).exists()

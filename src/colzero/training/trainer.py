@@ -426,7 +426,8 @@ class PhaseTrainer:
             logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 
     def _logged_before(self, line: str) -> bool:
-        """A metrics line of a step this run resumed after (a line cut by a kill is dropped)."""
+        """True for a line logged at or before the step this run resumes from (False for a line
+        that a kill cut short)."""
         try:
             return int(json.loads(line)["step"]) <= self.global_step
         except (ValueError, KeyError, TypeError):
