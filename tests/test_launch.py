@@ -35,7 +35,8 @@ SLURM = {"SLURM_NTASKS": "4", "SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_
 def clean_env(monkeypatch):
     """No launcher variables in os.environ; whatever a call adds is removed afterwards."""
     for key in TORCHRUN_VARS + tuple(SLURM):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so that undo also removes a value set later
+        monkeypatch.delenv(key)
     return monkeypatch
 
 
