@@ -93,6 +93,10 @@ def _train(args: argparse.Namespace) -> int:
         console.print(_sources_table(args.recipe, args.set, result.run_dir))
         console.print("recipe is valid (dry run: nothing trained)")
         return 0
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0  # under torchrun, rank 0 holds the run's summary and prints it
     console.print(cost_table(result.cost))
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 
 from colzero.data.batch import ContrastiveBatch, DistillationBatch
 from colzero.data.sources import ContrastiveExample, DistillationExample
 from colzero.model.base import TokenizedBatch
+from colzero.model.encoder import Encoder
 
 Tokenize = Callable[[list[str], str], TokenizedBatch]
 
 
-def tokenizer_only(model: Any) -> Tokenize:
+def tokenizer_only(model: Encoder) -> Tokenize:
     """``model.tokenize`` on a shallow copy of the model without its weights.
 
     What a DataLoader worker needs (tokenizer, markers, prompts, lengths) pickles in kilobytes
@@ -38,7 +38,7 @@ class Collator:
     DataLoader workers.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Encoder) -> None:
         self.tokenize: Tokenize = tokenizer_only(model)
 
     def __call__(

@@ -109,7 +109,10 @@ def evaluate_model(
         batch_size=ev.batch_size,
         use_cache=False,
     )
-    return results.scores[label]
+    scores = results.scores[label]
+    for name, metrics in scores.items():
+        logger.info("%s on %s: %s", model_path, name, metrics)
+    return scores
 
 
 def _loadable(model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -227,13 +227,14 @@ class PhaseTrainer:
             d.barrier()
             return None
         step, folder = found
-        if not d.all_ok((Path(folder) / ckpt.STATE_FILE).is_file()):
+        mine = ckpt.step_dir(self.out, step)  # this rank's view of output_dir, not rank 0's path
+        if not d.all_ok((mine / ckpt.STATE_FILE).is_file()):
             raise CheckpointNotVisible(
                 f"rank {d.rank}: checkpoint {folder} (step {step}) written by rank 0 is not visible on every "
-                "rank; put output_dir on a file system all nodes share"
+                f"rank (this rank looked for {mine}); put output_dir on a file system all nodes share"
             )
-        state = ckpt.load_state(Path(folder))
-        state["folder"] = folder
+        state = ckpt.load_state(mine)
+        state["folder"] = str(mine)
         return state
 
     # ------------------------------------------------------------------ setup
@@ -403,7 +404,15 @@ class PhaseTrainer:
         self.writer: Any = None
         if not self.dist.is_main:
             return
-        self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # resumed: what the lost steps logged is logged again (see purge_step)
+            kept = [
+                line for line in metrics.read_text(encoding="utf-8").splitlines() if self._logged_before(line)
+            ]
+            tmp = metrics.with_name(f".{metrics.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, metrics)
+        self.metrics_file = open(metrics, "a", encoding="utf-8")  # noqa: SIM115
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -411,6 +420,14 @@ class PhaseTrainer:
             self.writer = SummaryWriter(str(self.out / "tb"), purge_step=purge)
         except ImportError:  # pragma: no cover
             logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def _logged_before(self, line: str) -> bool:
+        """True for a line logged at or before the step this run resumes from (False for a line
+        that a kill cut short)."""
+        try:
+            return int(json.loads(line)["step"]) <= self.global_step
+        except (ValueError, KeyError, TypeError):
+            return False
 
     def _close_outputs(self) -> None:
         for handle in (self.metrics_file, self.writer):
