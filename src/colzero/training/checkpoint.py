@@ -85,6 +85,7 @@ def save_checkpoint(root: Path, step: int, model: Any, state: dict[str, Any], ke
         with atomic_directory(target) as tmp:
             model.save(tmp / "model")
             torch.save(state, tmp / STATE_FILE)
+            fsync_tree(tmp)  # on disk before the rename makes it visible (other nodes, power loss)
     for _, old in complete_checkpoints(root)[: -max(1, keep)]:
         _remove(old)
     for leftover in (Path(root) / CHECKPOINTS).glob(".step-*"):  # killed writes and deletions

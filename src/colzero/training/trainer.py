@@ -120,6 +120,15 @@ def freeze_unused_parameters(model: Encoder) -> list[str]:
     return frozen
 
 
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP must not broadcast buffers at every forward (the models' buffers are constants); the
+    keyword was renamed in torch 2.13 (``forward_sync_buffers``)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
+
+
 def linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
     """LambdaLR factor: linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``."""
 
@@ -251,7 +260,7 @@ class PhaseTrainer:
             self.ddp = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                broadcast_buffers=False,
+                **_no_buffer_sync(),
                 gradient_as_bucket_view=True,
             )
         self.loss_fn = self.loss_factory(self.ddp, cfg.loss).to(d.device)
