@@ -21,6 +21,7 @@ data position and RNG state), ``final/`` (the model with a ``training`` record i
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -120,7 +121,7 @@ def freeze_unused_parameters(model: Encoder) -> list[str]:
     return frozen
 
 
-def _no_buffer_sync() -> dict[str, bool]:
+def _no_buffer_sync() -> dict[str, Any]:
     """DDP must not broadcast buffers at every forward (the models' buffers are constants); the
     keyword was renamed in torch 2.13 (``forward_sync_buffers``)."""
     params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
