@@ -66,10 +66,13 @@ def _columns(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _as_list(value: Any, col: str, where: str) -> list[Any]:
+def _as_list(value: Any, col: str, where: str, parse_strings: bool = True) -> list[Any]:
+    """A list column's value; a lone value is a list of one. ``parse_strings``: a string that starts
+    with "[" is a list stored as its string (ids and scores of PyLate's KD tables); never for text
+    columns, where "[1] Introduction ..." is a document."""
     if isinstance(value, (list, tuple)):
         return list(value)
-    if isinstance(value, str) and value[:1] == "[":  # a list stored as its string (PyLate KD tables)
+    if parse_strings and isinstance(value, str) and value[:1] == "[":
         try:
             parsed = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -207,9 +210,10 @@ class TrainingSource:
         else:
             query = _text(row, s.query, where)
         out = _Parsed(where, query)
+        ids = self.documents is not None  # document columns hold ids (else texts: never parsed as lists)
         if self.needs.kind == "distillation":
             for col in _columns(s.candidate_ids):
-                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
+                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where, ids)], col)
             for col in _columns(s.teacher_scores):
                 for v in _list(row, col, where):
                     if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
@@ -230,13 +234,13 @@ class TrainingSource:
             out.scores = out.scores[:n]
             return out
         pos_col = _columns(s.positive)[0]
-        pos = _list(row, pos_col, where)
+        pos = _list(row, pos_col, where, ids)
         if not pos:
             raise DataError(f"{where}: field {pos_col!r} is an empty list")
         out.add_docs([self._doc(pos[0], pos_col, where)], pos_col)  # a list of positives: the first is used
         if self.needs.n_negatives:
             for col in _columns(s.negatives):
-                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
+                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where, ids)], col)
             have = len(out.docs) - 1 if s.max_negatives is None else min(len(out.docs) - 1, s.max_negatives)
             if have < self.needs.n_negatives:
                 raise DataError(
@@ -404,8 +408,8 @@ def _value(row: dict[str, Any], col: str, where: _Where) -> Any:
     return value
 
 
-def _list(row: dict[str, Any], col: str, where: _Where) -> list[Any]:
-    return _as_list(_value(row, col, where), col, str(where))
+def _list(row: dict[str, Any], col: str, where: _Where, parse_strings: bool = True) -> list[Any]:
+    return _as_list(_value(row, col, where), col, str(where), parse_strings)
 
 
 def _text(row: dict[str, Any], col: str, where: _Where) -> str:
