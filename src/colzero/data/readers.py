@@ -212,8 +212,9 @@ def text_field(row: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
-def id_value(value: Any, name: str, where: str) -> str:
-    """An id as a string (strings and integers are ids; anything else is an error)."""
+def id_value(value: Any, name: str, where: object) -> str:
+    """An id as a string (strings and integers are ids; anything else is an error). ``where`` (a
+    string or an object that renders the place lazily) is formatted only into the error."""
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != "":
         return str(value)
     raise DataError(

@@ -66,10 +66,11 @@ def _columns(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _as_list(value: Any, col: str, where: str, parse_strings: bool = True) -> list[Any]:
+def _as_list(value: Any, col: str, where: object, parse_strings: bool = True) -> list[Any]:
     """A list column's value; a lone value is a list of one. ``parse_strings``: a string that starts
     with "[" is a list stored as its string (ids and scores of PyLate's KD tables); never for text
-    columns, where "[1] Introduction ..." is a document."""
+    columns, where "[1] Introduction ..." is a document. ``where`` is rendered only in an error: the
+    line of a JSONL row is found by reading the file up to it."""
     if isinstance(value, (list, tuple)):
         return list(value)
     if parse_strings and isinstance(value, str) and value[:1] == "[":
@@ -206,7 +207,7 @@ class TrainingSource:
     def _parse(self, row: dict[str, Any], where: Any) -> _Parsed:
         s = self.source
         if self.queries is not None:
-            query = id_value(_value(row, s.query_id, where), s.query_id, str(where))
+            query = id_value(_value(row, s.query_id, where), s.query_id, where)
         else:
             query = _text(row, s.query, where)
         out = _Parsed(where, query)
@@ -255,7 +256,7 @@ class TrainingSource:
             if not isinstance(value, str):
                 raise DataError(f"{where}: field {col!r} must hold text, got {type(value).__name__}")
             return value
-        return id_value(value, col, str(where))
+        return id_value(value, col, where)
 
     def _lookup(self, table: IdTable, ids: list[str], wheres: list[Any], cols: list[str] | str) -> list[str]:
         found = table.lookup(ids)
@@ -409,7 +410,7 @@ def _value(row: dict[str, Any], col: str, where: _Where) -> Any:
 
 
 def _list(row: dict[str, Any], col: str, where: _Where, parse_strings: bool = True) -> list[Any]:
-    return _as_list(_value(row, col, where), col, str(where), parse_strings)
+    return _as_list(_value(row, col, where), col, where, parse_strings)
 
 
 def _text(row: dict[str, Any], col: str, where: _Where) -> str:

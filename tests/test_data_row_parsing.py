@@ -1,4 +1,6 @@
-"""Texts that start with "[" are texts: only id and score columns may hold a list stored as its string."""
+"""Row parsing of training sources: texts that start with "[" are texts (only id and score columns may
+hold a list stored as its string), and a row's place (a JSONL line is found by reading the file up to
+it) is worked out only for an error message, never for every row read."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import colzero.data.tables as tables
+from colzero.data.readers import DataError
 from colzero.data.sources import TrainingSource
 from colzero.training.config import DataSource, LossConfig
 
@@ -68,3 +72,25 @@ def test_id_and_score_columns_may_still_be_list_strings(tmp_path):
     assert example.query == "[x] a query"
     assert example.candidates == ["[2] document 2", "[0] document 0", "[1] document 1"]
     assert example.scores == [0.5, 0.25, 0.0]
+
+
+def test_the_line_of_a_jsonl_row_is_looked_up_only_for_an_error(tmp_path, monkeypatch):
+    rows = [{"q": f"query {i}", "p": f"document {i}", "ids": ["a"]} for i in range(50)]
+    rows[40] = {"q": "query 40", "p": 7, "ids": ["a"]}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    looked_up = []
+    real = tables._line_of_row
+
+    def counting(file, row):
+        looked_up.append(row)
+        return real(file, row)
+
+    monkeypatch.setattr(tables, "_line_of_row", counting)
+    source = TrainingSource(DataSource("s", str(path), query="q", positive="p"), LossConfig())
+    examples = source.examples(list(range(30, 40)))
+    assert [e.positive for e in examples] == [f"document {i}" for i in range(30, 40)]
+    assert looked_up == []  # reading rows scans nothing
+    with pytest.raises(DataError, match=r"pairs\.jsonl:41: field 'p' must hold text"):
+        source.examples([39, 40])
+    assert looked_up == [40]
