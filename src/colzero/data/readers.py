@@ -119,7 +119,8 @@ def iter_parquet(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
 
     for file in data_files(path, (".parquet",)):
         row_no = 0
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
+        # without pre_buffer=False, iter_batches buffers every column chunk of the file up front
+        for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 yield f"{file} row {row_no}", row
                 row_no += 1
