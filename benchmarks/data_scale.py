@@ -626,9 +626,28 @@ def train_once(args: argparse.Namespace, label: str, half: bool) -> dict[str, An
     }
 
 
+def unprepared(args: argparse.Namespace) -> list[Path]:
+    """Parquet files of the dataset without their Arrow file in the cache (the trainer would convert
+    them at launch, which the prepare part measures apart)."""
+    from colzero.data.tables import _file_key
+
+    arrow = cache_dir(args.out) / "arrow"
+    files = sorted(parquet_root(args.out).rglob("*.parquet"))
+    return (
+        [f for f in files if not (arrow / f"{_file_key(f)}.arrow").exists()]
+        if files
+        else [parquet_root(args.out)]
+    )
+
+
 def part_train(args: argparse.Namespace) -> None:
     if not MODEL.is_dir():
         raise SystemExit(f"{MODEL}: BERT-tiny is needed for the training part (set COLZERO_SHARED)")
+    missing = unprepared(args)
+    if missing:
+        raise SystemExit(
+            f"{missing[0]} (and {len(missing) - 1} more): not prepared; run --part generate, prepare"
+        )
     runs = [train_once(args, label, half) for label, half in (("N", True), ("2N", False))]
     rows = []
     for r in runs:
