@@ -411,7 +411,7 @@ def test_rerun_after_a_kill_continues(tmp_path):
         run_experiment(grid, tmp_path / "exp", phase_runner=runner, show_progress=False)
     assert [c[0] for c in calls] == ["unsupervised", "supervised"]
     killed = Path(calls[-1][3])
-    assert (killed / "checkpoint").exists() and not (killed.parent / "node.json").exists()
+    assert (killed / "checkpoints").exists() and not (killed.parent / "node.json").exists()
     assert not (tmp_path / "exp" / ".lock").exists()
     calls.clear()
     result = run_experiment(grid, tmp_path / "exp", phase_runner=runner, show_progress=False)

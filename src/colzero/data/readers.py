@@ -119,7 +119,8 @@ def iter_parquet(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, 
 
     for file in data_files(path, (".parquet",)):
         row_no = 0
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
+        # without pre_buffer=False, iter_batches buffers every column chunk of the file up front
+        for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 yield f"{file} row {row_no}", row
                 row_no += 1
@@ -224,8 +225,9 @@ def text_field(row: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
-def id_value(value: Any, name: str, where: str) -> str:
-    """An id as a string (strings and integers are ids; anything else is an error)."""
+def id_value(value: Any, name: str, where: object) -> str:
+    """An id as a string (strings and integers are ids; anything else is an error). ``where`` (a
+    string or an object that renders the place lazily) is formatted only into the error."""
     if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value) != "":
         return str(value)
     raise DataError(

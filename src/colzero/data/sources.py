@@ -68,10 +68,12 @@ def _columns(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _as_list(value: Any, col: str, where: str, parse_strings: bool = False) -> list[Any]:
+def _as_list(value: Any, col: str, where: object, parse_strings: bool = False) -> list[Any]:
     """A column value as a list: a list as is, a scalar (one text or id) as a list of one; with
     ``parse_strings`` (KD candidate ids and scores) also a list stored as its string (PyLate's KD
-    tables), which must then parse."""
+    tables), which must then parse; never for text columns, where "[1] Introduction ..." is a
+    document. ``where`` is rendered only in an error: the line of a JSONL row is found by reading
+    the file up to it."""
     if isinstance(value, (list, tuple)):
         return list(value)
     if parse_strings and isinstance(value, str) and value[:1] == "[":
@@ -208,10 +210,11 @@ class TrainingSource:
     def _parse(self, row: dict[str, Any], where: Any) -> _Parsed:
         s = self.source
         if self.queries is not None:
-            query = id_value(_value(row, s.query_id, where), s.query_id, str(where))
+            query = id_value(_value(row, s.query_id, where), s.query_id, where)
         else:
             query = _text(row, s.query, where)
         out = _Parsed(where, query)
+        ids = self.documents is not None  # document columns hold ids (else texts: never parsed as lists)
         if self.needs.kind == "distillation":
             for col in _columns(s.candidate_ids):
                 out.add_docs([self._doc(v, col, where) for v in _list(row, col, where, True)], col)
@@ -235,13 +238,13 @@ class TrainingSource:
             out.scores = out.scores[:n]
             return out
         pos_col = _columns(s.positive)[0]
-        pos = _list(row, pos_col, where)
+        pos = _list(row, pos_col, where, ids)
         if not pos:
             raise DataError(f"{where}: field {pos_col!r} is an empty list")
         out.add_docs([self._doc(pos[0], pos_col, where)], pos_col)  # a list of positives: the first is used
         if self.needs.n_negatives:
             for col in _columns(s.negatives):
-                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where)], col)
+                out.add_docs([self._doc(v, col, where) for v in _list(row, col, where, ids)], col)
             have = len(out.docs) - 1 if s.max_negatives is None else min(len(out.docs) - 1, s.max_negatives)
             if have < self.needs.n_negatives:
                 raise DataError(
@@ -256,7 +259,7 @@ class TrainingSource:
             if not isinstance(value, str):
                 raise DataError(f"{where}: field {col!r} must hold text, got {type(value).__name__}")
             return value
-        return id_value(value, col, str(where))
+        return id_value(value, col, where)
 
     def _lookup(self, table: IdTable, ids: list[str], wheres: list[Any], cols: list[str] | str) -> list[str]:
         found = table.lookup(ids)
@@ -410,7 +413,7 @@ def _value(row: dict[str, Any], col: str, where: _Where) -> Any:
 
 
 def _list(row: dict[str, Any], col: str, where: _Where, parse_strings: bool = False) -> list[Any]:
-    return _as_list(_value(row, col, where), col, str(where), parse_strings)
+    return _as_list(_value(row, col, where), col, where, parse_strings)
 
 
 def _text(row: dict[str, Any], col: str, where: _Where) -> str:

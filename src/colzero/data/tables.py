@@ -133,7 +133,7 @@ def _convert_parquet(src: Path, dest: Path) -> int:
 
     rows = 0
     with atomic_output(dest) as tmp:
-        pf = pq.ParquetFile(src)
+        pf = pq.ParquetFile(src, pre_buffer=False)  # pre-buffering holds the whole file in memory
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, pf.schema_arrow) as writer:
             for batch in pf.iter_batches(batch_size=CONVERT_BATCH_ROWS):
                 writer.write_batch(batch)
