@@ -82,8 +82,13 @@ def train_centroids(
     return centroids, heldout
 
 
-def assign(vectors: np.ndarray, centroids: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Nearest centroid (max inner product) for each vector, int64."""
+def assign(vectors: np.ndarray, centroids: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """Nearest centroid (max inner product) for each vector, int64.
+
+    Vectors go ``batch`` at a time (default: as many as keep the (batch, C) score block near
+    32 MB), so the temporary does not grow with the number of centroids."""
+    if batch is None:
+        batch = max(256, (1 << 23) // max(1, len(centroids)))
     out = np.empty(len(vectors), dtype=np.int64)
     for s in range(0, len(vectors), batch):
         out[s : s + batch] = (vectors[s : s + batch] @ centroids.T).argmax(axis=1)
@@ -105,7 +110,7 @@ class Codec(Protocol):
     def bytes_per_residual(self) -> int: ...
     @property
     def bits_per_dim(self) -> float: ...
-    def assign(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray: ...
+    def assign(self, vectors: np.ndarray, batch: int | None = None) -> np.ndarray: ...
     def compress(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def decompress_torch(
         self, codes: np.ndarray, packed: np.ndarray, normalize: bool = True
@@ -144,7 +149,7 @@ class _CentroidCodec:
     def n_centroids(self) -> int:
         return int(self.centroids.shape[0])
 
-    def assign(self, vectors: np.ndarray, batch: int = 4096) -> np.ndarray:
+    def assign(self, vectors: np.ndarray, batch: int | None = None) -> np.ndarray:
         """Nearest centroid (max inner product) for each vector."""
         return assign(vectors, self.centroids, batch)
 
