@@ -6,11 +6,11 @@ import argparse
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from colzero.cli.index import _load_model
+    from colzero.cli.index import load_index_model
     from colzero.index import Index
     from colzero.serve import ServeLimits, serve
 
-    index = Index.load(args.index, _load_model(args.model, args.index))
+    index = Index.load(args.index, load_index_model(args.model, args.index))
     limits = ServeLimits(
         max_k=args.max_k,
         max_queries=args.max_queries,
