@@ -273,10 +273,13 @@ class SegmentWriter:
         pairs = np.concatenate(self._ivf) if self._ivf else np.zeros(0, np.int64)
         self._ivf = []
         pairs.sort()
-        cents = pairs >> 32
-        pids = (pairs & ((1 << 32) - 1)) + self.first_pid
-        np.save(f / "ivf.npy", pids.astype(np.int32))
-        np.save(f / "ivf_lens.npy", np.bincount(cents, minlength=self.codec.n_centroids).astype(np.int32))
+        counts = np.bincount(pairs >> 32, minlength=self.codec.n_centroids).astype(np.int32)
+        pairs &= (1 << 32) - 1
+        pids = pairs.astype(np.int32)
+        del pairs
+        pids += self.first_pid
+        np.save(f / "ivf.npy", pids)
+        np.save(f / "ivf_lens.npy", counts)
         fsync_dir(f)
         self.files = describe(f, SEGMENT_FILES)
         return self.files
