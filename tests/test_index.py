@@ -99,7 +99,7 @@ def test_codec_roundtrip_and_sizes(tmp_path):
 def test_roundtrip_search(built, model):
     path, docs = built
     idx = Index.load(path, model)
-    assert len(idx) == 300 and idx.stats()["nbits"] == 2 and idx.stats()["codec"] == "pq"
+    assert len(idx) == 300 and idx.stats()["nbits"] == 4 and idx.stats()["codec"] == "pq"
     res = idx.search(["quick brown fox", "late interaction retrieval"], k=5)
     assert len(res) == 2 and all(len(r) == 5 for r in res)
     assert all(r[i][1] >= r[i + 1][1] for r in res for i in range(4))

@@ -50,8 +50,8 @@ def _traced_build(model, n_docs: int, path) -> tuple[int, SyntheticVectors]:
             path,
             embeddings=vectors,
             expected_documents=n_docs,
-            chunk_size=256,
-            kmeans_documents=256,
+            chunk_size=64,
+            kmeans_documents=64,
             n_centroids=256,
         )
         peak = tracemalloc.get_traced_memory()[1]
@@ -63,7 +63,8 @@ def _traced_build(model, n_docs: int, path) -> tuple[int, SyntheticVectors]:
 def test_streamed_build_memory_is_bounded_by_the_chunk_not_the_corpus(tmp_path):
     """Traced (numpy + Python) peak bytes of a build: far below the corpus, and growing with the
     corpus only by the inverted lists (one int64 per distinct (document, centroid) pair while they
-    are sorted), not by its vectors (256 B per 64-d float32 token)."""
+    are sorted), not by its vectors (256 B per 64-d float32 token). What it does hold is one
+    chunk's vectors and its (tokens x centroids) assignment scores."""
     model = make_colbert()
     _traced_build(model, 100, tmp_path / "warm-up")  # lazy imports (faiss, sqlite3) are not the build's
     small, small_vecs = _traced_build(model, 800, tmp_path / "small")

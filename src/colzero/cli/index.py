@@ -37,7 +37,9 @@ def _build(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "store_texts": args.store_texts,
         "store_fields": not args.no_store_fields,
-        "settings": SearchSettings(nprobe=args.nprobe, ncandidates=args.ncandidates),
+        "settings": SearchSettings(
+            **{k: v for k, v in (("nprobe", args.nprobe), ("ncandidates", args.ncandidates)) if v is not None}
+        ),
         "model_name": args.model,
     }
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank encodes a shard
@@ -144,7 +146,7 @@ def register(subparsers) -> None:
         "--codec",
         choices=("pq", "scalar"),
         default="pq",
-        help="residual codec: pq (default, faiss product quantisation, dim/4 bytes per vector) or "
+        help="residual codec: pq (default, faiss product quantisation, --residual-bytes per vector) or "
         "scalar (ColBERTv2's per-value buckets, --nbits 2 or 4)",
     )
     b.add_argument("--nbits", type=int, choices=(2, 4), default=None, help="scalar codec only (default 2)")
@@ -152,16 +154,16 @@ def register(subparsers) -> None:
         "--residual-bytes",
         type=int,
         default=None,
-        help="pq codec only: bytes per token residual (sub-vectors; default dim / 4; dim / 2 or dim "
-        "buy recall for size)",
+        help="pq codec only: bytes per token residual (default dim / 2, e.g. 64 for 128-d vectors: "
+        "66 B per token with the centroid id; dim gives near-exact scores, dim / 4 the smallest index)",
     )
     b.add_argument(
         "--centroids", type=int, default=None, help="default: PLAID's 2**floor(log2(16 sqrt(#tokens)))"
     )
     b.add_argument("--chunk-size", type=int, default=4096)
     b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--nprobe", type=int, default=4)
-    b.add_argument("--ncandidates", type=int, default=256)
+    b.add_argument("--nprobe", type=int, default=None, help="search default stored with the index")
+    b.add_argument("--ncandidates", type=int, default=None, help="search default stored with the index")
     b.add_argument("--store-texts", action="store_true", help="keep texts (enables rerank=exact)")
     b.add_argument(
         "--no-store-fields",

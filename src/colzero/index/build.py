@@ -41,7 +41,7 @@ class CodecSettings:
 
     codec: str = "pq"
     nbits: int | None = None  # scalar codec: 2 or 4 bits per value
-    residual_bytes: int | None = None  # pq codec: bytes per residual (sub-vectors), default dim / 4
+    residual_bytes: int | None = None  # pq codec: bytes per residual (sub-vectors), default dim / 2
     n_centroids: int | None = None  # default: PLAID's 2**floor(log2(16 sqrt(#tokens)))
     kmeans_documents: int = KMEANS_DOCUMENTS
     kmeans_sample: int = 262_144
@@ -101,7 +101,8 @@ def train_codec(sample_docs: list[np.ndarray], estimated_tokens: int, settings: 
     n_centroids = max(1, min(n_centroids, len(flat) // 8 or 1))
     kw = {"niter": settings.kmeans_niter, "seed": settings.seed}
     if settings.codec == "pq":
-        return PQResidualCodec.train(flat, n_centroids, bytes_per_residual=settings.residual_bytes, **kw)
+        nbytes = settings.residual_bytes or max(1, flat.shape[1] // 2)
+        return PQResidualCodec.train(flat, n_centroids, bytes_per_residual=nbytes, **kw)
     return ResidualCodec.train(flat, n_centroids, settings.nbits or 2, **kw)
 
 

@@ -65,7 +65,7 @@ class ModelMismatchError(ValueError):
 class SearchSettings:
     """Search defaults stored with an index (each overridable per call)."""
 
-    nprobe: int = 4
+    nprobe: int = 16
     ncandidates: int = 256
     prefilter_factor: int = 4
 
@@ -159,8 +159,9 @@ class Index:
         the corpus (``build.py``). ``embeddings``: precomputed document matrices aligned with
         ``documents`` (may be memory-mapped or generated lazily); the model is then used only
         for its fingerprint. ``codec``: ``"pq"`` (default; residuals product-quantised into
-        ``residual_bytes`` bytes, default dim / 4) or ``"scalar"`` (ColBERTv2's ``nbits`` = 2
-        or 4 bits per value). ``store_fields``: keep each row's JSON fields (title, text,
+        ``residual_bytes`` bytes: default dim / 2, 4 bits per dimension; dim gives near-exact
+        scores for recall-critical use, dim / 4 the smallest index) or ``"scalar"`` (ColBERTv2's
+        ``nbits`` = 2 or 4 bits per value). ``store_fields``: keep each row's JSON fields (title, text,
         metadata) for filters and results; ``store_texts``: keep the encoded text (for
         ``rerank="exact"``).
         """
@@ -378,22 +379,30 @@ class Index:
             cscore = stages.centroid_maxsim(cs, st.codes, st.doc_starts, st.doclens, pool)
             pool = pool[stages.top(cscore, ncandidates)]
         pool.sort()
-        scores = stages.maxsim_packed(q, pool, st.doclens, self._decode)
+        scores = stages.maxsim_decoded(q, cs, pool, st.doclens, self._read_tokens)
         best = stages.top(scores, k)
         return pool[best], scores[best]
 
-    def _decode(self, pids: np.ndarray) -> torch.Tensor:
-        """Unnormalised decoded token vectors of the (sorted) ``pids``, (tokens, dim)."""
+    def _read_tokens(self, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, decoded residuals, 1 / decoded norms) of the tokens of the (sorted) ``pids``."""
         st = self.state
-        parts = []
+        codes, residuals, norms = [], [], []
         segs = st.doc_segment[pids]
         for seg_no in np.unique(segs):
             sel = pids[segs == seg_no] if len(st.segments) > 1 else pids
             toks = stages.ranges(st.doc_starts[sel], st.doclens[sel])
             local = toks - st.seg_token_base[seg_no]
-            packed = np.asarray(np.take(st.segments[seg_no].residuals, local, axis=0))
-            parts.append(self.codec.decompress_torch(st.codes[toks], packed, normalize=False))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            seg = st.segments[seg_no]
+            codes.append(st.codes[toks])
+            residuals.append(self.codec.decode_residuals(np.take(seg.residuals, local, axis=0)))
+            norms.append(np.take(seg.norms, local))
+        if len(codes) == 1:
+            return codes[0], residuals[0], 1.0 / np.maximum(norms[0], 1e-12)
+        return (
+            np.concatenate(codes),
+            np.concatenate(residuals),
+            1.0 / np.maximum(np.concatenate(norms), 1e-12),
+        )
 
     def _rerank_exact(self, q: np.ndarray, pids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         texts = storage.fetch_rows(self.path, pids, "text")

@@ -11,7 +11,7 @@ centroid ``c``, the pids ``ivf_pids[ivf_offsets[c] : ivf_offsets[c + 1]]`` that 
    probed centroids in the document counts the lowest probed score);
 3. :func:`centroid_maxsim`: the centroid interaction over ALL of a document's token codes,
    ``sum_i max_t cs[i, code_t]``;
-4. :func:`maxsim_packed`: MaxSim against decoded vectors of the survivors,
+4. :func:`maxsim_decoded`: MaxSim against the decoded vectors of the survivors,
    ``sum_i max_t (q_i . v_t) / |v_t|``, decoded in blocks of documents so that memory is one block.
 
 Ties are broken by the smaller pid everywhere (:func:`top`).
@@ -30,8 +30,7 @@ def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     total = int(lens.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64)
-    offs = np.cumsum(lens) - lens
-    return np.repeat(starts - offs, lens) + np.arange(total)
+    return np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
 
 
 def top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -110,26 +109,31 @@ def centroid_maxsim(
     return np.maximum.reduceat(sim, np.cumsum(plens) - plens, axis=1).sum(0)
 
 
-def maxsim_packed(
+def maxsim_decoded(
     q: np.ndarray,
+    cs: np.ndarray,
     pids: np.ndarray,
     doclens: np.ndarray,
-    decode: Callable[[np.ndarray], torch.Tensor],
+    read: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
     block_tokens: int = 1 << 16,
 ) -> np.ndarray:
-    """Stage 3: MaxSim of ``q`` with the decoded vectors of each (sorted) pid.
+    """Stage 3: MaxSim of ``q`` with the decoded, normalised token vectors of each (sorted) pid.
 
-    ``decode(pids)`` returns their unnormalised token vectors, (tokens, dim), in pid order; the
-    normalisation is folded into the similarities, ``(q . v) / |v|``. Documents are decoded in
-    blocks of about ``block_tokens`` tokens, so memory is one block, not the pool."""
+    A token decodes to ``v = centroid[code] + r`` (``r`` its decoded residual); its similarity to
+    query token ``q_i`` is ``(q_i . v) / |v| = (cs[i, code] + q_i . r) / |v|``: the centroid part
+    is read from ``cs`` (no centroid rows are gathered) and ``|v|`` is stored per token.
+    ``read(pids)`` returns their tokens' ``(codes, residuals r (tokens, dim), 1 / |v|)`` in pid
+    order. Documents are decoded in blocks of about ``block_tokens`` tokens, so memory is one
+    block, not the candidates' vectors."""
     scores = np.empty(len(pids), dtype=np.float32)
-    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
+    q = np.ascontiguousarray(q, dtype=np.float32)
     lens = doclens[pids]
     bounds = _blocks(lens, block_tokens)
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        vecs = decode(pids[a:b])
-        norms = torch.linalg.vector_norm(vecs, dim=1).clamp_min_(1e-12)
-        sim = (qt @ vecs.T).div_(norms).numpy()
+        codes, residuals, inv_norms = read(pids[a:b])
+        sim = np.take(cs, codes, axis=1)  # (Lq, tokens), C-ordered: reduceat runs along rows
+        sim += q @ residuals.T
+        sim *= inv_norms
         blens = lens[a:b]
         scores[a:b] = np.maximum.reduceat(sim, np.cumsum(blens) - blens, axis=1).sum(0)
     return scores

@@ -14,7 +14,10 @@ Folder layout (one folder per index)::
                        table segments(name, first_pid, n_docs, n_tokens, files JSON)
     seg-<id>/          codes.npy (n_tokens,) uint16|int32, residuals.npy (n_tokens, residual
                        bytes) uint8, doclens.npy (n_docs,) int32, ivf.npy (pairs,) int32 pids
-                       grouped by centroid, ivf_lens.npy (C,) int32
+                       grouped by centroid, ivf_lens.npy (C,) int32, norms.npy (n_tokens,)
+                       float32 ``|centroid + decoded residual|`` (search divides by it instead of
+                       re-normalising decoded vectors; segments written before it existed get it
+                       computed on load)
 
 Atomicity: a build writes everything into a temporary sibling folder and renames it into place
 (``atomic_directory``). ``add`` writes a new segment folder (invisible until referenced) and then
@@ -41,10 +44,13 @@ import numpy as np
 from colzero.data.readers import DataError
 from colzero.index.codec import Codec, code_dtype, load_codec
 from colzero.index.documents import Document
+from colzero.index.stages import ranges
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no fields / origin columns (read as empty)
-SEGMENT_FILES = ("codes.npy", "residuals.npy", "doclens.npy", "ivf.npy", "ivf_lens.npy")
+SEGMENT_FILES = ("codes.npy", "residuals.npy", "norms.npy", "doclens.npy", "ivf.npy", "ivf_lens.npy")
+#: the files every token has a row in (what "bytes per token vector" counts)
+TOKEN_FILES = ("codes.npy", "residuals.npy", "norms.npy")
 
 
 class IndexCorruptError(ValueError):
@@ -93,7 +99,7 @@ def raw_to_npy(raw: Path, out: Path, dtype: np.dtype, shape: tuple[int, ...]) ->
     with open(out, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         with open(raw, "rb") as r:
-            shutil.copyfileobj(r, f, 1 << 22)
+            shutil.copyfileobj(r, f, 1 << 20)
     raw.unlink()
 
 
@@ -243,6 +249,7 @@ class SegmentWriter:
         self.files: dict[str, list] = {}
         self._codes = open(folder / "codes.raw", "wb")  # noqa: SIM115 (closed in close())
         self._res = open(folder / "residuals.raw", "wb")  # noqa: SIM115 (closed in close())
+        self._norms = open(folder / "norms.raw", "wb")  # noqa: SIM115 (closed in close())
         self._lens: list[np.ndarray] = []
         self._ivf: list[np.ndarray] = []  # (centroid * 2**32 + local pid) unique per doc
 
@@ -255,6 +262,7 @@ class SegmentWriter:
         codes, packed = self.codec.compress(flat)
         self._codes.write(codes.tobytes())
         self._res.write(packed.tobytes())
+        self._norms.write(self.codec.decoded_norms(codes, packed).tobytes())
         local = np.repeat(np.arange(self.n_docs, self.n_docs + len(vectors), dtype=np.int64), lens)
         self._ivf.append(np.unique(codes.astype(np.int64) * (1 << 32) + local))
         self._lens.append(lens)
@@ -265,10 +273,12 @@ class SegmentWriter:
         """Write the .npy files, fsync them; returns {file: [size, sha256]} (also ``self.files``)."""
         self._codes.close()
         self._res.close()
+        self._norms.close()
         f = self.folder
         raw_to_npy(f / "codes.raw", f / "codes.npy", code_dtype(self.codec.n_centroids), (self.n_tokens,))
         shape = (self.n_tokens, self.codec.bytes_per_residual)
         raw_to_npy(f / "residuals.raw", f / "residuals.npy", np.dtype(np.uint8), shape)
+        raw_to_npy(f / "norms.raw", f / "norms.npy", np.dtype(np.float32), (self.n_tokens,))
         np.save(f / "doclens.npy", np.concatenate(self._lens) if self._lens else np.zeros(0, np.int32))
         pairs = np.concatenate(self._ivf) if self._ivf else np.zeros(0, np.int64)
         self._ivf = []
@@ -287,6 +297,7 @@ class SegmentWriter:
     def discard(self) -> None:
         self._codes.close()
         self._res.close()
+        self._norms.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -298,6 +309,16 @@ def remove_orphans(path: Path, known: set[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- loading
+def _compute_norms(
+    codec: Codec, codes: np.ndarray, residuals: np.ndarray, block: int = 1 << 16
+) -> np.ndarray:
+    """Decoded vector norms of a segment written before norms.npy existed (in blocks)."""
+    out = np.empty(len(codes), dtype=np.float32)
+    for s in range(0, len(codes), block):
+        out[s : s + block] = codec.decoded_norms(codes[s : s + block], residuals[s : s + block])
+    return out
+
+
 @dataclass
 class Segment:
     name: str
@@ -305,6 +326,7 @@ class Segment:
     n_docs: int
     codes: np.ndarray  # memory-mapped
     residuals: np.ndarray  # memory-mapped
+    norms: np.ndarray  # memory-mapped (computed for segments written without norms.npy)
     files: dict[str, list]
 
 
@@ -320,12 +342,31 @@ class IndexState:
     doc_starts: np.ndarray  # (docs,) int64 global token offset
     doc_segment: np.ndarray  # (docs,) segment number
     seg_token_base: np.ndarray  # (segments + 1,) first global token of each segment
-    ivf_pids: np.ndarray  # (pairs,) int64 pids grouped by centroid
+    ivf_pids: np.ndarray  # (pairs,) int32 pids grouped by centroid
     ivf_offsets: np.ndarray  # (C + 1,) int64
     doc_ids: list[str]
     deleted: np.ndarray  # (docs,) bool
     has_texts: bool
     pid_of: dict[str, int] = field(default_factory=dict)  # live documents only
+
+
+def _merge_inverted_lists(
+    pids: list[np.ndarray], lens: list[np.ndarray], n_centroids: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (pids grouped by centroid, offsets (C + 1,)) from every segment's inverted lists."""
+    if not pids:
+        return np.zeros(0, np.int32), np.zeros(n_centroids + 1, np.int64)
+    total = np.sum(lens, axis=0)
+    offsets = np.concatenate([[0], np.cumsum(total)]).astype(np.int64)
+    if len(pids) == 1:
+        return pids[0].astype(np.int32, copy=False), offsets
+    merged = np.empty(int(offsets[-1]), dtype=np.int32)
+    fill = offsets[:-1].copy()  # where each centroid's next pids go
+    for seg_pids, seg_lens in zip(pids, lens, strict=True):  # segments in pid order: lists stay sorted
+        dest = ranges(fill, seg_lens)
+        merged[dest] = seg_pids
+        fill += seg_lens
+    return merged, offsets
 
 
 def load_state(path: Path, verify: bool) -> IndexState:
@@ -347,7 +388,7 @@ def load_state(path: Path, verify: bool) -> IndexState:
         con.close()
     except sqlite3.DatabaseError as exc:
         raise IndexCorruptError(f"{path / 'docs.sqlite'}: {exc}") from exc
-    segments, codes, doclens, ivf_c, ivf_p = [], [], [], [], []
+    segments, codes, doclens, ivf_lens, ivf_p = [], [], [], [], []
     n_centroids = codec.n_centroids
     for name, first_pid, n_docs, n_tokens, files_json in segs:
         folder = path / name
@@ -359,7 +400,13 @@ def load_state(path: Path, verify: bool) -> IndexState:
             n_docs,
             np.load(folder / "codes.npy", mmap_mode="r"),
             np.load(folder / "residuals.npy", mmap_mode="r"),
+            np.zeros(0, np.float32),
             files,
+        )
+        seg.norms = (
+            np.load(folder / "norms.npy", mmap_mode="r")
+            if "norms.npy" in files
+            else _compute_norms(codec, seg.codes, seg.residuals)
         )
         lens = np.load(folder / "doclens.npy")
         if len(lens) != n_docs or len(seg.codes) != n_tokens:
@@ -367,15 +414,13 @@ def load_state(path: Path, verify: bool) -> IndexState:
         segments.append(seg)
         codes.append(np.asarray(seg.codes))
         doclens.append(lens.astype(np.int64))
-        ivf_c.append(np.repeat(np.arange(n_centroids, dtype=np.int32), np.load(folder / "ivf_lens.npy")))
+        ivf_lens.append(np.load(folder / "ivf_lens.npy").astype(np.int64))
         ivf_p.append(np.load(folder / "ivf.npy"))
     n = sum(s.n_docs for s in segments)
     if len(rows) != n:
         raise IndexCorruptError(f"{path}: docs.sqlite lists {len(rows)} documents, segments hold {n}")
     doclens_all = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
-    cents = np.concatenate(ivf_c) if ivf_c else np.zeros(0, np.int32)
-    pids = np.concatenate(ivf_p) if ivf_p else np.zeros(0, np.int32)
-    order = np.argsort(cents, kind="stable")
+    ivf_pids, ivf_offsets = _merge_inverted_lists(ivf_p, ivf_lens, n_centroids)
     return IndexState(
         meta=meta,
         codec=codec,
@@ -385,10 +430,8 @@ def load_state(path: Path, verify: bool) -> IndexState:
         doc_starts=np.cumsum(doclens_all) - doclens_all,
         doc_segment=np.repeat(np.arange(len(segments)), [s.n_docs for s in segments]),
         seg_token_base=np.cumsum([0] + [len(s.codes) for s in segments]),
-        ivf_pids=pids[order].astype(np.int64),
-        ivf_offsets=np.concatenate([[0], np.cumsum(np.bincount(cents, minlength=n_centroids))]).astype(
-            np.int64
-        ),
+        ivf_pids=ivf_pids,
+        ivf_offsets=ivf_offsets,
         doc_ids=[r[1] for r in rows],
         deleted=np.array([bool(r[2]) for r in rows], dtype=bool),
         has_texts=bool(rows) and all(r[3] for r in rows),
