@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[all,test]"
 	touch $@
 
 run: $(VENV)/.installed
@@ -18,5 +18,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
+# ruff (rules in pyproject.toml) and mypy on the public API (scope: [tool.mypy] in pyproject.toml)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks scripts && $(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(PY) -m mypy

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, write_result  # noqa: E402
+from _common import print_table, write_result
 
 
 def maxsim_scores(queries: np.ndarray, docs: np.ndarray, starts: np.ndarray) -> np.ndarray:

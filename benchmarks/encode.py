@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, gemm_rate, median, print_table, time_repeats, write_result  # noqa: E402
+from _common import SHARED, gemm_rate, median, print_table, time_repeats, write_result
 
-from colzero import ColBERT, pad_embeddings  # noqa: E402
-from colzero.scoring.maxsim import maxsim_all_pairs  # noqa: E402
+from colzero import ColBERT, pad_embeddings
+from colzero.scoring.maxsim import maxsim_all_pairs
 
 
 def load_scifact(root: Path, n_docs: int, n_queries: int) -> tuple[list[str], list[str]]:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED, gemm_rate, machine_info, print_table  # noqa: E402
+from _common import RESULTS, SHARED, gemm_rate, machine_info, print_table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))

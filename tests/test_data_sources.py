@@ -45,14 +45,18 @@ def test_malformed_line_and_missing_field_name_file_line_field(tmp_path):
     bad.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
     with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
         list(iter_rows(str(bad)))
+    # rows are checked when a batch reads them (no full pass before the first step)
     miss = write_jsonl(tmp_path / "miss.jsonl", [ROWS[0], {"q": "x", "n": []}])
+    source = SourceData(DataSource("s", str(miss), query="q", positive="p"), LossConfig())
+    assert source[0].query == "query 0"
     with pytest.raises(DataError, match=r"miss\.jsonl:2: field 'p' is missing"):
-        SourceData(DataSource("s", str(miss), query="q", positive="p"), LossConfig())
+        source.examples([0, 1])
     few = write_jsonl(tmp_path / "few.jsonl", [ROWS[0], {"q": "x", "p": "y", "n": ["only one"]}])
+    source = SourceData(
+        DataSource("s", str(few), query="q", positive="p", negatives="n"), LossConfig(n_negatives=2)
+    )
     with pytest.raises(DataError, match=r"few\.jsonl:2: field 'n' has 1 negatives"):
-        SourceData(
-            DataSource("s", str(few), query="q", positive="p", negatives="n"), LossConfig(n_negatives=2)
-        )
+        list(source.check_all())
 
 
 def test_empty_source_and_batch_larger_than_data(tmp_path):
@@ -93,7 +97,7 @@ def test_kd_ids_joined_to_tables_and_unknown_id(tmp_path):
     with pytest.raises(
         DataError, match=r"kd\.jsonl:1: field 'neg': document id 'nope' is not in .*corpus\.jsonl"
     ):
-        SourceData(src, LossConfig(kind="distillation", n_candidates=3))
+        SourceData(src, LossConfig(kind="distillation", n_candidates=3))[0]
 
 
 def test_phase_config_validation_messages():

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from colzero.data.mining import keep_negative, mine
-from colzero.data.pairs import build_pairs, make_pairs, read_jsonl
+from colzero.data.pairs import build_pairs, make_pairs
+from colzero.data.readers import iter_jsonl
 
 DOCS = [
     {
@@ -29,6 +30,10 @@ DOCS = [
         "text": "Learning with a neural network needs a loss.",
     },
 ]
+
+
+def read_jsonl(path):
+    return [row for _, row in iter_jsonl(path)]
 
 
 def test_pairs_rules_and_dedup(tmp_path):

@@ -82,17 +82,19 @@ def test_unknown_qrels_are_counted_and_warned(tmp_path, caplog):
 
 def test_duplicate_ids_name_file_and_line(tmp_path):
     root = write_beir(tmp_path / "set", docs=[*DOCS, ("d3", "", "again")])
-    with pytest.raises(DatasetError, match=r"corpus\.jsonl:7: duplicate document id 'd3' \(first at .*:3\)"):
+    with pytest.raises(
+        DatasetError, match=r"corpus\.jsonl:7: field '_id': duplicate document id 'd3' \(first at .*:3\)"
+    ):
         load_dataset(root)
     root = write_beir(tmp_path / "q", queries=[*QUERIES, ("q1", "x")])
-    with pytest.raises(DatasetError, match=r"queries\.jsonl:5: duplicate query id 'q1'"):
+    with pytest.raises(DatasetError, match=r"queries\.jsonl:5: field '_id': duplicate query id 'q1'"):
         load_dataset(root)
 
 
 @pytest.mark.parametrize(
     ("file", "line", "pattern"),
     [
-        ("corpus.jsonl", "{not json", r"corpus\.jsonl:7: invalid JSON"),
+        ("corpus.jsonl", "{not json", r"corpus\.jsonl:7: malformed JSON"),
         ("corpus.jsonl", '{"title": "x", "text": "y"}', r"corpus\.jsonl:7: field '_id'"),
         ("corpus.jsonl", '{"_id": "z", "text": 3}', r"corpus\.jsonl:7: field 'text'"),
         ("qrels/test.tsv", "q1\td2", r"test\.tsv:6: expected 3 fields"),

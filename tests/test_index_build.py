@@ -104,16 +104,22 @@ def test_bad_corpus_errors_name_file_line_and_field(tmp_path):
     cases = {  # file stem: (lines, the error expected)
         "dup": (
             [ok, json.dumps({"_id": "b", "text": "y"}), "", json.dumps({"_id": "a", "text": "z"})],
-            r"dup\.jsonl:4: field '_id': duplicate document id 'a', first seen at .*dup\.jsonl:1",
+            r"dup\.jsonl:4: field '_id': duplicate document id 'a' \(first at .*dup\.jsonl:1\)",
         ),
-        "no-id": ([ok, json.dumps({"text": "y"})], r"no-id\.jsonl:2: field '_id' \(or 'id'\) is missing"),
+        "no-id": (
+            [ok, json.dumps({"text": "y"})],
+            r"no-id\.jsonl:2: field '_id' \(the id; or one of .*\) is missing",
+        ),
         "title": (
             [json.dumps({"_id": 1, "title": 3, "text": "y"})],
             r"title\.jsonl:1: field 'title' must be",
         ),
         "json": ([ok, "{not json"], r"json\.jsonl:2: malformed JSON"),
         "array": (["[1, 2]"], r"array\.jsonl:1: expected a JSON object"),
-        "empty-id": ([json.dumps({"_id": "", "text": "y"})], r"empty-id\.jsonl:1: field '_id' must be"),
+        "empty-id": (
+            [json.dumps({"_id": "", "text": "y"})],
+            r"empty-id\.jsonl:1: field '_id' must hold an id",
+        ),
     }
     model = make_colbert()
     for stem, (lines, pattern) in cases.items():
@@ -124,8 +130,12 @@ def test_bad_corpus_errors_name_file_line_and_field(tmp_path):
     # rows in Python name their position
     with pytest.raises(DataError, match=r"document 1: field 'text' must be a string"):
         list(read_documents([("a", "x"), ("b", None)]))
-    with pytest.raises(DataError, match=r"document 2: field '_id' \(or 'id'\) is missing"):
-        Index.build(model, [{"_id": "a"}, {"id": "b"}, {"text": "c"}], tmp_path / "never")
+    with pytest.raises(DataError, match=r"document 2: field '_id' \(the id; or one of .*\) is missing"):
+        Index.build(
+            model, [{"_id": "a", "text": "a"}, {"id": "b", "title": "b"}, {"text": "c"}], tmp_path / "never"
+        )
+    with pytest.raises(DataError, match=r"document 0: field 'text' is missing"):
+        Index.build(model, [{"_id": "a"}], tmp_path / "never")
     # an id already in the index (add) names the new line; nothing is added
     idx = Index.build(model, [{"_id": "a", "text": "x"}, {"_id": "b", "text": "y"}], tmp_path / "idx")
     more = _write(
@@ -142,7 +152,7 @@ def test_bad_corpus_errors_name_file_line_and_field(tmp_path):
     )
     with pytest.raises(
         DataError,
-        match=r"again\.jsonl:2: field '_id': duplicate document id 'c', first seen at .*again\.jsonl:1",
+        match=r"again\.jsonl:2: field '_id': duplicate document id 'c' \(first at .*again\.jsonl:1\)",
     ):
         idx.add(again)
     assert len(Index.load(tmp_path / "idx")) == 2

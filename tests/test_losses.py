@@ -139,5 +139,5 @@ def test_score_nway_dense_and_colbert_agree_with_all_pairs():
     torch.testing.assert_close(
         score_nway(qd, None, dd, None, 2), torch.stack([(dd[2 * i : 2 * i + 2] @ qd[i]) for i in range(3)])
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multi-vector"):
         score_all_pairs(q, qm, dd, None)

@@ -29,15 +29,15 @@ def n_tokens(model, text):
 
 def test_shapes_and_unit_norm(tiny_colbert):
     m = tiny_colbert
-    q = m.encode(QUERIES, "query")
-    d = m.encode(DOCS, "document")
+    q = m.encode(QUERIES, "query", precision="fp32")
+    d = m.encode(DOCS, "document", precision="fp32")
     assert all(v.shape == (16, 16) and v.dtype == torch.float32 for v in q)
     for text, v in zip(DOCS, d, strict=True):
         n_punct = sum(ch in string.punctuation for ch in text)
         assert v.shape == (n_tokens(m, text) + 1 - n_punct, 16)  # +1 marker, - skiplist
     for v in [*q, *d]:
         assert torch.allclose(v.norm(dim=-1), torch.ones(v.shape[0]), atol=1e-5)
-    single = m.encode("a cat", "document")
+    single = m.encode("a cat", "document", precision="fp32")
     assert isinstance(single, torch.Tensor) and torch.allclose(single, d[2], atol=TOL)
 
 

@@ -65,6 +65,17 @@ def test_phase_config_and_overrides(tmp_path):
 
 def test_placeholders(monkeypatch, tmp_path):
     monkeypatch.setenv("COLZERO_SHARED", str(tmp_path))
+    for folder in (
+        "models/splade-tiny-bert",
+        "data/beir/scifact",
+        "data/beir/arguana",
+        "data/train/scifact-train-hn",
+    ):
+        (tmp_path / folder).mkdir(parents=True)  # the quickstart's assets are found in COLZERO_SHARED
+    for file in ("data/beir/scifact/corpus.jsonl", "data/train/scifact-train-hn/train.jsonl"):
+        (tmp_path / file).touch()
+    (tmp_path / "data/beir/msmarco-dl19-mini").mkdir(parents=True)
+    (tmp_path / "data/beir/msmarco-dl19-mini/corpus.jsonl").touch()
     r = load_recipe("quickstart", run_dir=tmp_path / "run")
     assert r.model.base == f"{tmp_path}/models/splade-tiny-bert"
     assert r.phases[0].sources[0].path == f"{tmp_path / 'run'}/data/pairs-scifact.jsonl"

@@ -89,9 +89,10 @@ def test_preset_matches_spec(name):
         )
         if phase.stage == "supervised":
             assert phase.loss.n_negatives == 10 and all(s.max_negatives == 10 for s in phase.sources)
-            assert len(phase.sources) == 10
+            assert sum(len(s.splits) for s in phase.sources) == 10  # one source per split
         if phase.stage == "unsupervised":
             assert phase.sources[0].path == "nomic-ai/nomic-embed-unsupervised-data"
+            assert len(phase.sources[0].splits) == 29
         if phase.stage == "supervised":
             assert {s.path for s in phase.sources} == {"nomic-ai/nomic-embed-supervised"}
         if phase.stage == "distillation":

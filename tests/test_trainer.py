@@ -112,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup):
     # calls 1..4 are steps 1-2 (checkpoint at step 2); the NaN comes in step 3
     with pytest.raises(TrainingDiverged, match="at step 3"):
         run_phase(cfg, loss_factory=lambda m, c: InBatchLoss(m, nan_at_call=5), show_progress=False)
-    state = torch.load(f"{cfg.output_dir}/checkpoint/training_state.pt", weights_only=False)
+    state = torch.load(f"{cfg.output_dir}/checkpoints/step-00000002/training_state.pt", weights_only=False)
     assert state["global_step"] == 2
     assert not (cfg.output_dir and __import__("pathlib").Path(cfg.output_dir, "final").exists())
 

@@ -1,4 +1,5 @@
-"""``run_phase`` under 2 gloo (CPU) processes equals 1 process with the same global batch and seed.
+"""``run_phase`` under 2 and 4 gloo (CPU) processes (DDP) equals 1 process with the same global
+batch and seed, and a run killed on 2 (4) ranks resumes on 4 (2) ranks with the same batches.
 
 Each worker is started with ``mp.spawn`` and given the environment torchrun would give it
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) before it calls
@@ -13,13 +14,14 @@ crossing an epoch boundary; the single-process reference runs in the test proces
   of float32 ulps at weight magnitude ~1, while training moves weights by ~2e-3);
 - metrics.jsonl agrees (loss, grad norm, learned temperature to ``RTOL``; steps, epochs, lr,
   examples and tokens exactly) and so do cost.json and the checkpoint's counters;
-- only rank 0 writes: rank 1 is given an output folder of its own (as on a second node without
-  a shared file system) which must never be created; one case shares the folder, as torchrun on
-  one node does, and must produce the same files as the single-process run.
+- only rank 0 writes: the ranks share the output folder, as torchrun on one node does, and the
+  folder holds the same files as the single-process run's (a rank that cannot see the folder
+  fails loudly: tests/test_checkpoints.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,11 +40,10 @@ from colzero.training.config import DataSource, LossConfig, OptimConfig, PhaseCo
 from colzero.training.trainer import run_phase
 from tests.conftest import WORDS, make_colbert
 
-WORLD = 2
 STEPS = 3
-ATOL = 2e-6  # final weights (lr 1e-3, 3 steps)
-RTOL = 1e-5  # logged loss / grad norm / temperature
-TIMEOUT_S = 240  # a hang (mismatched collectives) fails the test instead of blocking the run
+ATOL = 1e-5  # final weights (lr 1e-3, 3 steps): the issue's bar; measured up to 6e-6 (GradCache, 2 ranks)
+RTOL = 5e-5  # logged loss / grad norm / temperature (round-off through the weights: measured up to 1.2e-5)
+TIMEOUT_S = 900  # a hang (mismatched collectives) fails the test instead of blocking the run
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -90,9 +91,11 @@ def _build(root: Path) -> dict[str, PhaseConfig]:
     ]
     # AdamW's eps: with the default 1e-8, Adam turns round-off-sized gradients (the attention key
     # biases, whose true gradient is 0 as softmax ignores a per-row shift; rare tokens' embedding
-    # rows) into +-lr updates, so the runs differed by up to 3e-5 in those. With 1e-4 small
-    # gradients move weights in proportion, and Adam is no longer blind to a wrong gradient scale.
-    adam = dict(learning_rate=1e-3, eps=1e-4)
+    # rows) into +-lr updates, so the runs differed by up to 3e-5 in those. With 1e-3 small
+    # gradients move weights in proportion, and Adam is no longer blind to a wrong gradient scale
+    # (with 1e-4, GradCache's token_type_embeddings[0, 0], a sum over every token, still differed
+    # by 1.4e-5 between 1 and 2 ranks on the sampler's batch order, with the old trainer as well).
+    adam = dict(learning_rate=1e-3, eps=1e-3)
     common = dict(
         model=model,
         output_dir=str(root),
@@ -102,6 +105,7 @@ def _build(root: Path) -> dict[str, PhaseConfig]:
         precision="fp32",
         log_every=1,
         save_every=2,
+        num_workers=1,  # the DataLoader's worker process reads and tokenises
     )
     # contrastive: 5 batches of 4 per epoch, accumulation 2 -> step 3 crosses into epoch 1;
     # KD: 2 batches per epoch -> step 3 is in epoch 1
@@ -133,73 +137,97 @@ def _build(root: Path) -> dict[str, PhaseConfig]:
     }
 
 
-SHARED_DIR_CASE = "distillation"
+def _out(cfg: PhaseConfig, case: str, run: str, **changes) -> PhaseConfig:
+    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / case / run), **changes)
 
 
-def _out(cfg: PhaseConfig, case: str, run: str) -> PhaseConfig:
-    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / case / run))
+class Killed(Exception):
+    pass
 
 
-def _rank_cfg(cfg: PhaseConfig, case: str, rank: int) -> PhaseConfig:
-    if case == SHARED_DIR_CASE or rank == 0:
-        return _out(cfg, case, "dist")
-    return _out(cfg, case, "rank1-private")
+def _kill_after(step: int):
+    def callback(done: int, metrics: dict) -> None:
+        if done == step:
+            raise Killed(f"killed after step {done}")
+
+    return callback
 
 
-def _worker(rank: int, port: int, cfgs: dict[str, PhaseConfig]) -> None:
+def _worker(rank: int, world: int, port: int, jobs: list[tuple[PhaseConfig, int | None]]) -> None:
+    """Run ``jobs`` (config, kill-after step) as rank ``rank`` of ``world``, as torchrun would."""
     os.environ.update(
         CUDA_VISIBLE_DEVICES="",  # gloo on CPU, as the reference (set before anything touches CUDA)
         OMP_NUM_THREADS="1",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
+        WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(WORLD),
+        LOCAL_WORLD_SIZE=str(world),
     )
     torch.set_num_threads(1)
     try:
-        for case, cfg in cfgs.items():
-            run_phase(_rank_cfg(cfg, case, rank), resume=False, show_progress=False)
-            assert dist.is_initialized() and dist.get_world_size() == WORLD
+        for cfg, kill in jobs:
+            with contextlib.suppress(Killed):
+                run_phase(
+                    cfg, resume=kill is None, show_progress=False, step_callback=kill and _kill_after(kill)
+                )
+            assert dist.is_initialized() and dist.get_world_size() == world
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer_dist")
-    cfgs = _build(root)
-    t0 = time.perf_counter()
-    ctx = mp.spawn(_worker, args=(_free_port(), cfgs), nprocs=WORLD, join=False)
+def _spawn(world: int, jobs: list) -> None:
+    ctx = mp.spawn(_worker, args=(world, _free_port(), jobs), nprocs=world, join=False)
     try:
-        # the single-process reference runs here while the workers start up
-        with pytest.MonkeyPatch.context() as mpatch:
-            for key in DIST_ENV:
-                mpatch.delenv(key, raising=False)
-            mpatch.setattr(torch.cuda, "is_available", lambda: False)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                for case, cfg in cfgs.items():
-                    run_phase(_out(cfg, case, "single"), resume=False, show_progress=False)
-            finally:
-                torch.set_num_threads(threads)
         deadline = time.monotonic() + TIMEOUT_S
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
-                pytest.fail(f"the 2-process run did not finish within {TIMEOUT_S} s (hang?)")
+                pytest.fail(f"the {world}-process run did not finish within {TIMEOUT_S} s (hang?)")
     finally:
         for p in ctx.processes:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-    print(f"2-process + reference runs: {time.perf_counter() - t0:.1f} s")
+
+
+RESUME_CASE = "contrastive"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every case on 1, 2 and 4 ranks; the contrastive case also killed after step 2 on 2 (4)
+    ranks and resumed on 4 (2) ranks."""
+    root = tmp_path_factory.mktemp("trainer_dist")
+    cfgs = _build(root)
+    t0 = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mpatch:
+        for key in DIST_ENV:
+            mpatch.delenv(key, raising=False)
+        mpatch.setattr(torch.cuda, "is_available", lambda: False)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for case, cfg in cfgs.items():
+                run_phase(_out(cfg, case, "single"), resume=False, show_progress=False)
+        finally:
+            torch.set_num_threads(threads)
+    resume = cfgs[RESUME_CASE]
+    _spawn(
+        2, [(_out(c, k, "world2"), None) for k, c in cfgs.items()] + [(_out(resume, RESUME_CASE, "2to4"), 2)]
+    )
+    _spawn(
+        4, [(_out(c, k, "world4"), None) for k, c in cfgs.items()] + [(_out(resume, RESUME_CASE, "4to2"), 2)]
+    )
+    _spawn(4, [(_out(resume, RESUME_CASE, "2to4"), None)])  # resume=True
+    _spawn(2, [(_out(resume, RESUME_CASE, "4to2"), None)])
+    print(f"1/2/4-process runs and resumes: {time.perf_counter() - t0:.1f} s")
     return root
 
 
 CASES = ["contrastive", "cached_contrastive", "distillation"]
+RUNS = ["world2", "world4"]
 
 
 def _weights(final: Path) -> dict[str, torch.Tensor]:
@@ -213,28 +241,46 @@ def _metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_final_weights_match(runs, case):
-    single, two = _weights(runs / case / "single" / "final"), _weights(runs / case / "dist" / "final")
+@pytest.mark.parametrize("run", RUNS)
+def test_final_weights_match(runs, case, run):
+    single, many = _weights(runs / case / "single" / "final"), _weights(runs / case / run / "final")
     start = _weights(runs / "start")
-    assert single.keys() == two.keys() == start.keys()
-    worst = max(float((single[k] - two[k]).abs().max()) for k in single)
-    print(f"{case}: max |single - 2 ranks| = {worst:.2e}")
+    assert single.keys() == many.keys() == start.keys()
+    worst = max(float((single[k] - many[k]).abs().max()) for k in single)
+    print(f"{case} {run}: max |single - many ranks| = {worst:.2e}")
     for k in single:
-        torch.testing.assert_close(two[k], single[k], atol=ATOL, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(many[k], single[k], atol=ATOL, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
     moved = max(float((single[k] - start[k]).abs().max()) for k in single)
     assert moved > 100 * ATOL  # it trained: the comparison is not between two copies of the start
     # parameters without a gradient (the unused BERT pooler) are not touched, weight decay or not
     pooler = [k for k in start if k.startswith("pooler.")]
     assert pooler
     for k in pooler:
-        assert torch.equal(two[k], start[k]) and torch.equal(single[k], start[k]), k
+        assert torch.equal(many[k], start[k]) and torch.equal(single[k], start[k]), k
+
+
+@pytest.mark.parametrize("run", ["2to4", "4to2"])
+def test_resume_on_another_number_of_ranks(runs, run):
+    """Killed after step 2 on 2 (4) ranks, resumed on 4 (2): the same global batches in the same
+    order, so the same weights as the uninterrupted single-process run (dropout is 0)."""
+    out = runs / RESUME_CASE / run
+    single = _weights(runs / RESUME_CASE / "single" / "final")
+    resumed = _weights(out / "final")
+    for k in single:
+        torch.testing.assert_close(resumed[k], single[k], atol=ATOL, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+    steps = [r["step"] for r in _metrics(out)]
+    assert steps == list(range(1, STEPS + 1))  # steps 1-2 before the kill, 3 after the resume
+    assert _metrics(out)[1]["loss"] == pytest.approx(
+        _metrics(runs / RESUME_CASE / "single")[1]["loss"], rel=RTOL
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_logged_metrics_match(runs, case):
-    single, two = _metrics(runs / case / "single"), _metrics(runs / case / "dist")
-    assert [r["step"] for r in single] == [r["step"] for r in two] == list(range(1, STEPS + 1))
-    for a, b in zip(single, two, strict=True):
+@pytest.mark.parametrize("run", RUNS)
+def test_logged_metrics_match(runs, case, run):
+    single, many = _metrics(runs / case / "single"), _metrics(runs / case / run)
+    assert [r["step"] for r in single] == [r["step"] for r in many] == list(range(1, STEPS + 1))
+    for a, b in zip(single, many, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             if key in ("wall_s",):
@@ -244,26 +290,27 @@ def test_logged_metrics_match(runs, case):
             else:  # step, epoch, lr, examples, tokens, steps
                 assert b[key] == a[key], (a["step"], key)
     cost_1 = json.loads((runs / case / "single" / "cost.json").read_text())
-    cost_2 = json.loads((runs / case / "dist" / "cost.json").read_text())
-    assert (cost_1["world_size"], cost_2["world_size"]) == (1, WORLD)
+    cost_n = json.loads((runs / case / run / "cost.json").read_text())
+    assert (cost_1["world_size"], cost_n["world_size"]) == (1, int(run[-1]))
     for key in ("examples", "tokens", "steps"):
-        assert cost_2[key] == cost_1[key], key
+        assert cost_n[key] == cost_1[key], key
+
+
+def _state(out: Path) -> dict:
+    found = sorted((out / "checkpoints").glob("step-*"))
+    return torch.load(found[-1] / "training_state.pt", weights_only=False)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_checkpoint_state(runs, case):
-    def state(run: str) -> dict:
-        path = runs / case / run / "checkpoint" / "training_state.pt"
-        return torch.load(path, weights_only=False)
-
-    single, two = state("single"), state("dist")
-    assert single["global_step"] == two["global_step"] == STEPS
-    assert single["sampler"] == two["sampler"]
-    assert single["cost"]["examples"] == two["cost"]["examples"]
-    assert isinstance(two["rng"], list) and len(two["rng"]) == WORLD  # every rank's RNG, for resume
-    assert single["loss"].keys() == two["loss"].keys()
+    single, many = _state(runs / case / "single"), _state(runs / case / "world2")
+    assert single["global_step"] == many["global_step"] == STEPS
+    assert single["position"] == many["position"]
+    assert single["cost"]["examples"] == many["cost"]["examples"]
+    assert isinstance(many["rng"], list) and len(many["rng"]) == 2  # every rank's RNG, for resume
+    assert single["loss"].keys() == many["loss"].keys()
     for k in single["loss"]:
-        torch.testing.assert_close(two["loss"][k], single["loss"][k], atol=ATOL, rtol=0)
+        torch.testing.assert_close(many["loss"][k], single["loss"][k], atol=ATOL, rtol=0)
 
 
 def _files(out: Path) -> set[str]:
@@ -271,14 +318,11 @@ def _files(out: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_only_rank0_writes(runs, case):
-    if case == SHARED_DIR_CASE:
-        # both ranks used this folder: the same files as one process, nothing left half-written
-        single, two = _files(runs / case / "single"), _files(runs / case / "dist")
-        assert two == single
-        assert not [f for f in two if Path(f).name.startswith(".")]
-        assert len(_metrics(runs / case / "dist")) == STEPS  # each step logged once, not per rank
-        assert len(list((runs / case / "dist" / "tb").iterdir())) == 1
-    else:
-        assert not (runs / case / "rank1-private").exists()
-        assert (runs / case / "dist" / "final" / "modules.json").exists()
+@pytest.mark.parametrize("run", RUNS)
+def test_only_rank0_writes(runs, case, run):
+    # all ranks used this folder: the same files as one process, nothing left half-written
+    single, many = _files(runs / case / "single"), _files(runs / case / run)
+    assert many == single
+    assert not [f for f in many if Path(f).name.startswith(".")]
+    assert len(_metrics(runs / case / run)) == STEPS  # each step logged once, not per rank
+    assert len(list((runs / case / run / "tb").iterdir())) == 1

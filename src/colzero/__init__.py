@@ -1,12 +1,12 @@
 """colzero: train late-interaction retrieval models the ColBERT-Zero way."""
 
-__version__ = "0.1.0"
-
-from colzero.model.colbert import ColBERT, PaddedEmbeddings, pad_embeddings  # noqa: E402
-from colzero.model.config import ColBERTConfig, DenseConfig  # noqa: E402
-from colzero.model.dense import DenseModel  # noqa: E402
-from colzero.model.loading import load_model  # noqa: E402
-from colzero.scoring.maxsim import maxsim_all_pairs, maxsim_nway, maxsim_pairwise  # noqa: E402
+from colzero._version import __version__
+from colzero.model.colbert import ColBERT
+from colzero.model.config import ColBERTConfig, DenseConfig
+from colzero.model.dense import DenseModel
+from colzero.model.loading import load_model
+from colzero.scoring.maxsim import maxsim_all_pairs, maxsim_nway, maxsim_pairwise
+from colzero.scoring.packed import PaddedEmbeddings, pad_embeddings
 
 __all__ = [
     "ColBERT",
@@ -14,10 +14,10 @@ __all__ = [
     "DenseConfig",
     "DenseModel",
     "PaddedEmbeddings",
+    "__version__",
     "load_model",
     "maxsim_all_pairs",
     "maxsim_nway",
     "maxsim_pairwise",
     "pad_embeddings",
-    "__version__",
 ]

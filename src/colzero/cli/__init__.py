@@ -1,0 +1,1 @@
+"""The ``colzero`` command line."""

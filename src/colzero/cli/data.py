@@ -6,6 +6,23 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    d = subparsers.add_parser(
+        "data", help="prepare (convert once to memory-mapped Arrow) or check the data of a recipe"
+    )
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    for name, helptext in (
+        ("prepare", "convert every source and id table of a recipe to Arrow in the cache (resumable)"),
+        ("check", "read and check every row of a recipe's sources (file, line and field of the first error)"),
+    ):
+        c = dsub.add_parser(name, help=helptext)
+        c.add_argument("recipe", help="a recipe .toml file or a preset name")
+        c.add_argument("--phase", action="append", help="only these phases (names; repeatable)")
+        c.add_argument("--output", "-o", default=None, help="the run folder (resolves ${run} in paths)")
+        c.add_argument(
+            "--cache", default=None, help="Arrow cache folder (default $COLZERO_CACHE or ~/.cache/colzero)"
+        )
+        c.set_defaults(func=_data_prepare if name == "prepare" else _data_check)
+
     p = subparsers.add_parser(
         "pairs", help="weak (query, document) pairs from a corpus (title→body, first sentence→rest)"
     )
@@ -99,4 +116,64 @@ def _score(args: argparse.Namespace) -> int:
         candidate_ids=args.candidate_ids,
     )
     print(f"wrote {n} scored queries to {args.output}")
+    return 0
+
+
+def _recipe_sources(args: argparse.Namespace):
+    """(phase name, loss config, sources) of the phases a ``colzero data`` command works on."""
+    from pathlib import Path
+
+    from colzero.training.pipeline import default_run_dir
+    from colzero.training.recipe import load_recipe
+
+    probe = load_recipe(args.recipe)
+    run_dir = Path(args.output or default_run_dir(probe.name)).resolve()
+    recipe = load_recipe(args.recipe, run_dir=run_dir)
+    for i, p in enumerate(recipe.phases):
+        if args.phase and p.name not in args.phase:
+            continue
+        cfg = recipe.phase_config(i, model="<start>", output_dir=run_dir / recipe.phase_dir_name(i))
+        yield p.name, cfg
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from colzero.data.sources import load_sources
+    from colzero.data.tables import cache_root
+
+    table = Table(title=f"prepared into {cache_root(args.cache)}")
+    for col in ("phase", "source", "rows", "converted rows", "seconds", "rows/s", "Arrow bytes"):
+        table.add_column(col)
+    for phase, cfg in _recipe_sources(args):
+        for src in load_sources(cfg.sources, cfg.loss, 1, cache_dir=args.cache):
+            r = src.prepare_report
+            rate = f"{r.rows_per_s:,.0f}" if r.converted_rows else "-"
+            table.add_row(
+                phase,
+                src.name,
+                f"{r.rows:,}",
+                f"{r.converted_rows:,}",
+                f"{r.seconds:.1f}",
+                rate,
+                f"{r.bytes_on_disk:,}",
+            )
+    Console(width=None if Console().is_terminal else 160).print(table)
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from colzero.data.sources import load_sources
+
+    for phase, cfg in _recipe_sources(args):
+        for src in load_sources(cfg.sources, cfg.loss, 1, cache_dir=args.cache):
+            with tqdm(total=len(src), desc=f"{phase}/{src.name}", unit="row") as bar:
+                done = 0
+                for n in src.check_all():
+                    bar.update(n - done)
+                    done = n
+    print("every row is valid")
     return 0

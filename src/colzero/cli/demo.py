@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -31,14 +30,13 @@ def default_base_model() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from colzero import ColBERT, maxsim_all_pairs, pad_embeddings
+    from colzero.data.readers import iter_documents, iter_jsonl
 
     torch.manual_seed(0)
     model = ColBERT.from_pretrained(args.model or default_base_model())
-    docs = [json.loads(line) for line in (args.data / "corpus.jsonl").open(encoding="utf-8")]
-    queries = [json.loads(line) for line in (args.data / "queries.jsonl").open(encoding="utf-8")][
-        : args.queries
-    ]
-    texts = [(d.get("title", "") + " " + d.get("text", "")).strip() for d in docs]
+    docs = list(iter_documents(args.data))
+    queries = [row for _, row in iter_jsonl(args.data / "queries.jsonl")][: args.queries]
+    texts = [d.text for d in docs]
     doc_vectors = pad_embeddings(model.encode(texts, "document", show_progress=True))
     query_vectors = torch.stack(model.encode([q["text"] for q in queries], "query"))
     scores = maxsim_all_pairs(query_vectors, doc_vectors.embeddings, doc_vectors.mask)
@@ -46,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
     for q, values, idx in zip(queries, top.values, top.indices, strict=True):
         print(f"\nquery {q['_id']}: {q['text'][:100]}")
         for v, i in zip(values.tolist(), idx.tolist(), strict=True):
-            print(f"  {v:7.3f}  {docs[i]['_id']:>10}  {texts[i][:90]}")
+            print(f"  {v:7.3f}  {docs[i].id:>10}  {texts[i][:90]}")
     return 0

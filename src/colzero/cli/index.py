@@ -8,7 +8,7 @@ import sys
 
 
 def load_index_model(name: str | None, index_path: str | None = None):
-    """The model ``name``, else the one recorded in the index's metadata (``--model`` default)."""
+    """The model named by `--model`, else the one recorded in the index's metadata.json."""
     from colzero import load_model
 
     if name is None and index_path is not None:

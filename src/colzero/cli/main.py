@@ -8,7 +8,7 @@ import logging
 import sys
 
 #: modules under colzero.cli that define ``register(subparsers)``; each adds its commands
-COMMAND_MODULES = ("demo", "train", "recipe", "evaluate", "index", "data", "serve")
+COMMAND_MODULES = ("demo", "train", "recipe", "evaluate", "index", "data", "serve", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,16 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from colzero.training.distributed import LaunchError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, LaunchError) as exc:
         if args.verbose >= 2:
             raise
         print(f"colzero {args.command}: error: {exc}", file=sys.stderr)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from colzero.training.config import DataSource, LossConfig, OptimConfig, PhaseConfig, load_phase_config
+from colzero.schema import from_dict
+from colzero.training.config import DataSource, PhaseConfig, load_phase_config
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train-phase``."""
     p = sub.add_parser(
         "train-phase",
         help="run one training phase (see colzero.training.config.PhaseConfig)",
@@ -33,6 +34,7 @@ def register(sub) -> None:
 
 
 def build_config(args: argparse.Namespace) -> PhaseConfig:
+    """The phase of ``--config`` (if given) with the flags applied on top."""
     base = load_phase_config(args.config).to_dict() if args.config else {}
     if args.model:
         base["model"] = args.model
@@ -55,18 +57,16 @@ def build_config(args: argparse.Namespace) -> PhaseConfig:
         base["name"] = args.name
     if "optim" not in base:
         raise ValueError("--lr (or optim.learning_rate in --config) is required")
-    known = {f.name for f in dataclasses.fields(PhaseConfig)}
-    missing = sorted(k for k in ("model", "output_dir", "sources", "batch_size") if k not in base)
+    missing = sorted(k for k in ("model", "output_dir", "sources", "batch_size") if base.get(k) is None)
     if missing:
         raise ValueError(
             f"missing {missing}: give --config or the flags --model/--output/--data/--batch-size"
         )
-    base["loss"] = LossConfig.from_dict(base.get("loss", {}))
-    base["optim"] = OptimConfig.from_dict(base["optim"])
-    return PhaseConfig(**{k: v for k, v in base.items() if k in known})
+    return from_dict(PhaseConfig, base, args.config or "train-phase")
 
 
 def run(args: argparse.Namespace) -> int:
+    """``colzero train-phase``: train the phase and print the final model's folder."""
     from colzero.training.trainer import run_phase
 
     final = run_phase(build_config(args), resume=args.resume)

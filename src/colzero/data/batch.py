@@ -9,6 +9,13 @@ import torch
 from colzero.model.base import TokenizedBatch
 
 
+def _pinned(tb: TokenizedBatch | None) -> TokenizedBatch | None:
+    if tb is None:
+        return None
+    types = None if tb.token_type_ids is None else tb.token_type_ids.pin_memory()
+    return TokenizedBatch(tb.input_ids.pin_memory(), tb.attention_mask.pin_memory(), types, tb.positions)
+
+
 @dataclass
 class ContrastiveBatch:
     """B queries, their B positives, and ``n_negatives`` hard negatives per query.
@@ -25,6 +32,12 @@ class ContrastiveBatch:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def pin_memory(self) -> ContrastiveBatch:
+        """Page-locked copy (the DataLoader's pin-memory thread calls this on CUDA)."""
+        return ContrastiveBatch(
+            _pinned(self.queries), _pinned(self.positives), _pinned(self.negatives), self.n_negatives
+        )
+
 
 @dataclass
 class DistillationBatch:
@@ -36,3 +49,8 @@ class DistillationBatch:
 
     def __len__(self) -> int:
         return len(self.queries)
+
+    def pin_memory(self) -> DistillationBatch:
+        return DistillationBatch(
+            _pinned(self.queries), _pinned(self.documents), self.teacher_scores.pin_memory()
+        )

@@ -2,31 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 
 import torch
 
 from colzero.data.batch import ContrastiveBatch, DistillationBatch
 from colzero.data.sources import ContrastiveExample, DistillationExample
+from colzero.model.base import TokenizedBatch
+from colzero.model.encoder import Encoder
+
+Tokenize = Callable[[list[str], str], TokenizedBatch]
+
+
+def tokenizer_only(model: Encoder) -> Tokenize:
+    """``model.tokenize`` on a shallow copy of the model without its weights.
+
+    What a DataLoader worker needs (tokenizer, markers, prompts, lengths) pickles in kilobytes
+    instead of the whole network, whatever the start method (fork, spawn, forkserver).
+    """
+    if not isinstance(model, torch.nn.Module):
+        return model.tokenize
+    light = copy.copy(model)
+    light.__dict__ = dict(model.__dict__)
+    light._modules, light._parameters, light._buffers = {}, {}, {}
+    return light.tokenize
 
 
 class Collator:
     """``collator(examples) -> ContrastiveBatch | DistillationBatch``.
 
-    Texts go through ``model.tokenize(texts, role)``, which applies the role's prompt and prefix
-    from the model config (do not add prompts to the data as well). Batches are padded to their
-    own longest row.
+    Texts go through ``tokenize(texts, role)`` (``model.tokenize``: the role's prompt and prefix come
+    from the model config — do not add prompts to the data as well). Batches are padded to their
+    own longest row. ``Collator(model)`` keeps only what tokenisation needs, so it can be sent to
+    DataLoader workers.
     """
 
-    def __init__(self, model) -> None:
-        self.model = model
+    def __init__(self, model: Encoder) -> None:
+        self.tokenize: Tokenize = tokenizer_only(model)
 
     def __call__(
         self, examples: Sequence[ContrastiveExample | DistillationExample]
     ) -> ContrastiveBatch | DistillationBatch:
         if not examples:
             raise ValueError("cannot collate an empty batch")
-        tok = self.model.tokenize
+        tok = self.tokenize
         if isinstance(examples[0], DistillationExample):
             k = len(examples[0].candidates)
             if any(len(e.candidates) != k for e in examples):
@@ -48,16 +68,25 @@ class Collator:
         )
 
 
-def batch_to(batch: ContrastiveBatch | DistillationBatch, device: torch.device):
+def batch_to(batch: ContrastiveBatch | DistillationBatch, device: torch.device, non_blocking: bool = False):
+    def move(tb: TokenizedBatch | None) -> TokenizedBatch | None:
+        if tb is None:
+            return None
+        return TokenizedBatch(
+            tb.input_ids.to(device, non_blocking=non_blocking),
+            tb.attention_mask.to(device, non_blocking=non_blocking),
+            None if tb.token_type_ids is None else tb.token_type_ids.to(device, non_blocking=non_blocking),
+            tb.positions,
+        )
+
     if isinstance(batch, DistillationBatch):
         return DistillationBatch(
-            batch.queries.to(device), batch.documents.to(device), batch.teacher_scores.to(device)
+            move(batch.queries),
+            move(batch.documents),
+            batch.teacher_scores.to(device, non_blocking=non_blocking),
         )
     return ContrastiveBatch(
-        batch.queries.to(device),
-        batch.positives.to(device),
-        None if batch.negatives is None else batch.negatives.to(device),
-        batch.n_negatives,
+        move(batch.queries), move(batch.positives), move(batch.negatives), batch.n_negatives
     )
 
 

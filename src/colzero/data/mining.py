@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from colzero.data.pairs import read_jsonl, write_jsonl
-from colzero.data.teacher import load_corpus
+from colzero.data.readers import iter_jsonl, load_text_table, write_jsonl
+from colzero.scoring.packed import PackedEmbeddings, PaddedEmbeddings
+from colzero.scoring.search import Score, score_candidates, search
 
 logger = logging.getLogger(__name__)
 
@@ -51,32 +50,39 @@ def bm25_search(corpus: dict[str, str], queries: Sequence[str], k: int) -> list[
 def model_search(
     model_path: str | Path, corpus: dict[str, str], queries: Sequence[str], k: int, batch_size: int = 32
 ) -> tuple[list[list[tuple[str, float]]], Any]:
-    """Exact top-k with a colzero model (MaxSim for ColBERT, dot for dense). Returns hits and a
-    scorer ``f(query_index, doc_ids) -> scores`` for positive scores."""
-    from colzero import load_model
+    """Exact top-k with a colzero model (MaxSim for ColBERT, dot for dense), by
+    :func:`colzero.scoring.search.search`. Returns hits and a scorer
+    ``f(query_index, doc_ids) -> scores`` for positive scores."""
     from colzero.model.colbert import ColBERT
+    from colzero.model.loading import load_model
 
     model = load_model(str(model_path))
     ids = list(corpus)
+    index = {d: n for n, d in enumerate(ids)}
+    multi = isinstance(model, ColBERT)
+    score: Score = "maxsim" if multi else "dot"
     docs = model.encode([corpus[i] for i in ids], role="document", batch_size=batch_size)
     qs = model.encode(list(queries), role="query", batch_size=batch_size)
-    multi = isinstance(model, ColBERT)
-    index = {d: n for n, d in enumerate(ids)}
-
-    def scores_for(qi: int, doc_rows: Sequence[int]) -> torch.Tensor:
-        q = torch.as_tensor(qs[qi]).float()
-        if multi:
-            return torch.tensor([float((q @ docs[r].float().T).max(1).values.sum()) for r in doc_rows])
-        return docs[list(doc_rows)].float() @ q
-
-    hits = []
-    for qi in range(len(queries)):
-        s = scores_for(qi, range(len(ids)))
-        top = torch.topk(s, min(k, len(ids)))
-        hits.append([(ids[int(i)], float(v)) for v, i in zip(top.values, top.indices, strict=True)])
+    if multi:
+        packed = PackedEmbeddings.from_list(docs, dim=model.config.embedding_dim)
+        query_vectors = PackedEmbeddings.from_list(qs, dim=model.config.embedding_dim).padded()
+    else:
+        packed, query_vectors = PackedEmbeddings(docs), qs
+    hits: list[list[tuple[str, float]]] = [[] for _ in queries]
+    if queries and ids:
+        top = search(query_vectors, packed, k, score=score, device=model.device)
+        hits = [
+            [(ids[j], v) for v, j in zip(srow, irow, strict=True) if j >= 0]
+            for srow, irow in zip(top.scores.tolist(), top.indices.tolist(), strict=True)
+        ]
 
     def scorer(qi: int, doc_ids: Sequence[str]) -> list[float]:
-        return scores_for(qi, [index[d] for d in doc_ids]).tolist()
+        if multi:
+            one = PaddedEmbeddings(query_vectors.embeddings[qi : qi + 1], query_vectors.mask[qi : qi + 1])
+        else:
+            one = query_vectors[qi : qi + 1]
+        rows = [[index[d] for d in doc_ids]]
+        return score_candidates(one, packed, rows, score=score, device=model.device)[0].tolist()
 
     return hits, scorer
 
@@ -156,6 +162,24 @@ def mine(
 
 
 def mine_file(input: str | Path, documents: str | Path, output: str | Path, **kwargs: Any) -> int:
-    rows = list(read_jsonl(input))
-    corpus = load_corpus(documents)
-    return write_jsonl(output, mine(rows, corpus, **kwargs))
+    """Mine hard negatives for every row of ``input`` against ``documents``; the output is written
+    atomically (nothing on failure)."""
+    rows = [row for _, row in iter_jsonl(input)]
+    corpus = load_text_table(documents)
+    return write_jsonl(output, mine(rows, corpus, **kwargs), what="mined rows")
+
+
+def mine_beir(beir: str | Path, output: str | Path, *, split: str = "train", **kwargs: Any) -> int:
+    """Hard negatives for the queries of a BEIR split (a folder or a hub name such as
+    ``BeIR/scifact``): each query's positives are its qrels with grade > 0, the corpus is the
+    dataset's. Rows ``{query_id, query, pos, neg, neg_source}``, written atomically."""
+    from colzero.data.datasets import load_dataset
+
+    ds = load_dataset(str(beir), split=split)
+    rows = [
+        {"query_id": q, "query": text, "pos": [d for d, grade in ds.qrels[q].items() if grade > 0]}
+        for q, text in zip(ds.query_ids, ds.query_texts, strict=True)
+    ]
+    rows = [r for r in rows if r["pos"]]
+    corpus = dict(zip(ds.corpus_ids, ds.corpus_texts, strict=True))
+    return write_jsonl(output, mine(rows, corpus, **kwargs), what=f"mined rows of {beir} ({split})")

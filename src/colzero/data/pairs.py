@@ -8,41 +8,14 @@ first sentence. Pairs are deduplicated on the normalised (query, document) text 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from colzero.data.readers import iter_documents, write_jsonl
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
-
-
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc})") from None
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows atomically (temp file then rename); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
 
 
 def split_first_sentence(text: str) -> tuple[str, str]:
@@ -90,8 +63,7 @@ def make_pairs(
 
 
 def build_pairs(corpus: str | Path, output: str | Path, **kwargs: Any) -> int:
-    """Read a BEIR ``corpus.jsonl`` (or a folder holding one), write pairs JSONL; returns the count."""
-    corpus = Path(corpus)
-    if corpus.is_dir():
-        corpus = corpus / "corpus.jsonl"
-    return write_jsonl(output, make_pairs(read_jsonl(corpus), **kwargs))
+    """Read a corpus (BEIR ``corpus.jsonl`` or its folder, Parquet, ...), write pairs JSONL
+    atomically; returns the count. No pair (e.g. every document too short) is an error."""
+    rows = ({"_id": doc.id, **doc.fields} for doc in iter_documents(corpus))
+    return write_jsonl(output, make_pairs(rows, **kwargs), what=f"pairs from {corpus}")

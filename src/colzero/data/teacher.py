@@ -16,23 +16,19 @@ from typing import Any
 
 import torch
 
-from colzero.data.pairs import read_jsonl, write_jsonl
+from colzero.data.readers import DataError, iter_jsonl, load_text_table, write_jsonl
+from colzero.scoring.packed import PackedBuilder, PackedEmbeddings
+from colzero.scoring.search import score_candidates
 
 logger = logging.getLogger(__name__)
 
+#: queries scored per :meth:`Teacher.score_batch` call in :func:`score_file`
+SCORE_ROWS = 4096
+
 
 def load_corpus(path: str | Path) -> dict[str, str]:
-    """BEIR ``{_id, title, text}`` (or ``{id, text}``) → id: ``title + " " + text``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "corpus.jsonl"
-    out: dict[str, str] = {}
-    for row in read_jsonl(path):
-        did = str(row.get("_id", row.get("id")))
-        title = str(row.get("title") or "").strip()
-        text = str(row.get("text") or "").strip()
-        out[did] = f"{title} {text}".strip() if title else text
-    return out
+    """id → ``title + " " + text`` of a corpus (BEIR ``corpus.jsonl`` or its folder, Parquet, ...)."""
+    return load_text_table(path)
 
 
 def is_cross_encoder(model_path: str | Path) -> bool:
@@ -59,7 +55,7 @@ class Teacher:
             self.model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
             self.max_length = max_length or 512
         else:
-            from colzero import load_model
+            from colzero.model.loading import load_model
 
             kwargs: dict[str, Any] = {}
             from colzero.model.colbert import ColBERT
@@ -72,7 +68,8 @@ class Teacher:
             self.multi = isinstance(self.model, ColBERT)
         if device is not None:
             self.model.to(device)
-        self._doc_cache: dict[str, Any] = {}
+        self._docs: PackedBuilder | None = None  # encoded documents, packed as they come
+        self._doc_row: dict[str, int] = {}
         self._query_cache: dict[str, Any] = {}
 
     def kind(self) -> str:
@@ -82,12 +79,15 @@ class Teacher:
         """Encode (and cache) documents once; reused across queries (bi-encoders only)."""
         if self.cross:
             return
-        todo = [i for i in dict.fromkeys(ids) if i not in self._doc_cache]
+        todo = [i for i in dict.fromkeys(ids) if i not in self._doc_row]
         if not todo:
             return
         vecs = self.model.encode([corpus[i] for i in todo], role="document", batch_size=self.batch_size)
-        for i, v in zip(todo, vecs, strict=True):
-            self._doc_cache[i] = v
+        matrices = list(vecs) if self.multi else list(torch.as_tensor(vecs).unsqueeze(1))
+        if self._docs is None:
+            self._docs = PackedBuilder(matrices[0].shape[-1], dtype=matrices[0].dtype)
+        rows = self._docs.extend(matrices)
+        self._doc_row.update(zip(todo, rows, strict=True))
 
     def encode_queries(self, texts: Sequence[str]) -> None:
         """Encode (and cache) query vectors in batches (bi-encoders only)."""
@@ -100,33 +100,54 @@ class Teacher:
 
     @torch.inference_mode()
     def score(self, query: str, doc_ids: Sequence[str], corpus: dict[str, str]) -> list[float]:
+        """Scores of ``doc_ids`` for ``query`` (see :meth:`score_batch`)."""
+        return self.score_batch([query], [doc_ids], corpus)[0]
+
+    @torch.inference_mode()
+    def score_batch(
+        self, queries: Sequence[str], doc_ids: Sequence[Sequence[str]], corpus: dict[str, str]
+    ) -> list[list[float]]:
+        """Scores of ``doc_ids[i]`` for ``queries[i]``, every query at once.
+
+        Bi-encoders: documents are packed as they are encoded (each once) and scored by
+        :func:`colzero.scoring.search.score_candidates` (MaxSim or dot), batched over queries and
+        candidates. Cross-encoders: logits of (query, document) pairs, ``batch_size`` at a time.
+        """
+        if len(queries) != len(doc_ids):
+            raise ValueError(f"{len(queries)} queries but {len(doc_ids)} candidate lists")
         if self.cross:
-            out: list[float] = []
-            for b in range(0, len(doc_ids), self.batch_size):
-                ids = doc_ids[b : b + self.batch_size]
-                enc = self.tokenizer(
-                    [query] * len(ids),
-                    [corpus[i] for i in ids],
-                    truncation=True,
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                ).to(self.model.device)
-                logits = self.model(**enc).logits
-                out.extend((logits[:, -1] if logits.shape[-1] > 1 else logits[:, 0]).float().tolist())
-            return out
-        self.encode_documents(doc_ids, corpus)
-        self.encode_queries([query])
-        q = self._query_cache[query]
-        q = torch.as_tensor(q).float()
-        scores = []
-        for i in doc_ids:
-            d = torch.as_tensor(self._doc_cache[i]).float()
-            if self.multi:
-                scores.append(float((q @ d.T).max(dim=1).values.sum()))
-            else:
-                scores.append(float(q @ d))
-        return scores
+            return [self._cross_scores(q, ids, corpus) for q, ids in zip(queries, doc_ids, strict=True)]
+        if not queries:
+            return []
+        self.encode_documents([d for ids in doc_ids for d in ids], corpus)
+        self.encode_queries(queries)
+        docs = self._docs.packed() if self._docs is not None else PackedEmbeddings.from_list([], dim=1)
+        candidates = [[self._doc_row[d] for d in ids] for ids in doc_ids]
+        qvecs = [torch.as_tensor(self._query_cache[q]) for q in queries]
+        if self.multi:
+            qpad = PackedEmbeddings.from_list(qvecs, dim=self.model.config.embedding_dim).padded()
+            scores = score_candidates(qpad, docs, candidates, score="maxsim", device=self.model.device)
+        else:
+            scores = score_candidates(
+                torch.stack(qvecs), docs, candidates, score="dot", device=self.model.device
+            )
+        return [scores[i, : len(ids)].tolist() for i, ids in enumerate(doc_ids)]
+
+    def _cross_scores(self, query: str, doc_ids: Sequence[str], corpus: dict[str, str]) -> list[float]:
+        out: list[float] = []
+        for b in range(0, len(doc_ids), self.batch_size):
+            ids = doc_ids[b : b + self.batch_size]
+            enc = self.tokenizer(
+                [query] * len(ids),
+                [corpus[i] for i in ids],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(self.model.device)
+            logits = self.model(**enc).logits
+            out.extend((logits[:, -1] if logits.shape[-1] > 1 else logits[:, 0]).float().tolist())
+        return out
 
 
 def _candidates(row: dict[str, Any], pos_key: str, neg_key: str, id_key: str | None) -> list[str]:
@@ -156,23 +177,33 @@ def score_file(
     ``candidate_ids`` or positives + negatives); the first ``n_candidates`` candidates are kept
     (positives first). Returns the number of rows written."""
     corpus = load_corpus(documents)
-    qtext: dict[str, str] = {}
-    if queries is not None:
-        qtext = {str(r["_id"]): str(r["text"]) for r in read_jsonl(queries)}
+    qtext = load_text_table(queries, what="query") if queries is not None else {}
     rows = []
-    for row in read_jsonl(input):
-        qid = str(row.get("query_id", row.get("_id", len(rows))))
+    skipped = seen = 0
+    for where, row in iter_jsonl(input):
+        seen += 1
+        qid = str(row.get("query_id", row.get("_id", seen - 1)))
         text = row.get("query") or qtext.get(qid)
-        if text is None:
-            raise ValueError(f"{input}: row for query {qid} has no 'query' text and no query table")
+        if not isinstance(text, str):
+            raise DataError(
+                f"{where}: field 'query' is missing (and query id {qid!r} is not in a query table)"
+            )
         cands = [c for c in _candidates(row, positives, negatives, candidate_ids) if c in corpus]
         cands = list(dict.fromkeys(cands))[:n_candidates]
         if len(cands) < n_candidates:
-            logger.info("query %s: only %d candidates (wanted %d); skipped", qid, len(cands), n_candidates)
+            skipped += 1
+            logger.info(
+                "%s: query %s: only %d candidates (wanted %d); skipped", where, qid, len(cands), n_candidates
+            )
             continue
         rows.append((qid, str(text), cands))
         if max_queries is not None and len(rows) >= max_queries:
             break
+    if not rows:
+        raise DataError(
+            f"{input}: no query has {n_candidates} candidates found in {documents} ({skipped} of {seen} rows "
+            "skipped); nothing to score, nothing written"
+        )
     teacher = Teacher(model, batch_size=batch_size, max_length=max_length)
     teacher.encode_documents([c for _, _, cands in rows for c in cands], corpus)
 
@@ -180,14 +211,12 @@ def score_file(
         teacher.encode_queries([text for _, text, _ in rows])
 
     def gen():
-        for qid, text, cands in rows:
-            yield {
-                "query_id": qid,
-                "query": text,
-                "document_ids": cands,
-                "scores": teacher.score(text, cands, corpus),
-            }
+        for start in range(0, len(rows), SCORE_ROWS):
+            chunk = rows[start : start + SCORE_ROWS]
+            scores = teacher.score_batch([text for _, text, _ in chunk], [c for _, _, c in chunk], corpus)
+            for (qid, text, cands), row_scores in zip(chunk, scores, strict=True):
+                yield {"query_id": qid, "query": text, "document_ids": cands, "scores": row_scores}
 
-    n = write_jsonl(output, gen())
+    n = write_jsonl(output, gen(), what="teacher scores")
     logger.info("wrote %d KD rows scored by %s (%s) to %s", n, model, teacher.kind(), output)
     return n

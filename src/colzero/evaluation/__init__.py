@@ -1,6 +1,6 @@
 """Retrieval evaluation: datasets, exact search with a corpus cache, ranx metrics, reports."""
 
-from colzero.evaluation.datasets import DatasetError, RetrievalDataset, load_dataset
+from colzero.data.datasets import DatasetError, RetrievalDataset, load_dataset
 from colzero.evaluation.evaluate import EvaluationResults, evaluate, make_eval_hook
 from colzero.evaluation.metrics import DEFAULT_METRICS, MAIN_METRIC, compute_metrics
 from colzero.evaluation.retrieval import (

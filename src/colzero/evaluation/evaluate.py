@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from colzero.evaluation.datasets import RetrievalDataset, load_dataset
+from colzero.data.datasets import RetrievalDataset, load_dataset
 from colzero.evaluation.metrics import DEFAULT_METRICS, MAIN_METRIC, compute_metrics
 from colzero.evaluation.report import bar_charts, markdown, text_table
 from colzero.evaluation.retrieval import RetrievalSettings, preset_settings, retrieve
-from colzero.model.colbert import ColBERT
-from colzero.model.dense import DenseModel
+from colzero.model.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
-ModelLike = ColBERT | DenseModel | str | os.PathLike[str]
+#: a model, or a folder / hub name to load one from
+ModelLike = Encoder | str | os.PathLike[str]
 DatasetLike = RetrievalDataset | str | os.PathLike[str]
 
 
@@ -36,13 +36,16 @@ class EvaluationResults:
     files: dict[str, str] = field(default_factory=dict)
 
     def mean(self, model: str, metric: str = MAIN_METRIC) -> float:
+        """Mean of ``metric`` over the datasets ``model`` was evaluated on."""
         vals = [v[metric] for v in self.scores[model].values()]
         return sum(vals) / len(vals)
 
     def table(self, metric: str = MAIN_METRIC) -> str:
+        """A plain-text table of ``metric`` (models x datasets)."""
         return text_table(self.scores, metric)
 
     def to_dict(self) -> dict[str, Any]:
+        """Scores, means per model, metrics, timings and settings as plain values."""
         return {
             "scores": self.scores,
             "mean": {m: {met: self.mean(m, met) for met in self.metrics} for m in self.scores},
@@ -52,6 +55,7 @@ class EvaluationResults:
         }
 
     def write(self, out_dir: str | os.PathLike[str], plots: bool = True) -> dict[str, str]:
+        """Write ``results.json``, ``results.md`` (and bar charts) into ``out_dir``; returns the files."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
@@ -68,7 +72,7 @@ def _model_label(spec: ModelLike, index: int, used: set[str]) -> str:
     if isinstance(spec, str | os.PathLike):
         label = Path(spec).name or str(spec)
     else:
-        label = getattr(spec, "name", None) or f"{type(spec).__name__}-{index}"
+        label = f"{type(spec).__name__}-{index}"
     base, n = label, 2
     while label in used:
         label, n = f"{base}-{n}", n + 1
@@ -76,8 +80,8 @@ def _model_label(spec: ModelLike, index: int, used: set[str]) -> str:
     return label
 
 
-def _load(spec: ModelLike, device: str | None) -> ColBERT | DenseModel:
-    if isinstance(spec, ColBERT | DenseModel):
+def _load(spec: ModelLike, device: str | None) -> Encoder:
+    if not isinstance(spec, str | os.PathLike):
         return spec
     from colzero.model.loading import load_model
 
@@ -105,8 +109,20 @@ def evaluate(
     to all datasets; ``per_dataset[name]`` overrides per dataset (e.g. ``{"arguana":
     {"query_length": 64}}``); ``preset="colbert-zero"`` fills SPEC section 4 query lengths where
     nothing else set one. Models may be objects or paths (loaded with :func:`colzero.load_model`).
+
+    Example (``model`` is any ColBERT or DenseModel; datasets may be BEIR folders or names):
+
+    >>> from colzero.evaluation import RetrievalDataset
+    >>> toy = RetrievalDataset(
+    ...     "toy", ["d1", "d2"], ["the quick brown fox", "protein cell study"],
+    ...     ["q1"], ["brown fox"], {"q1": {"d1": 1}})
+    >>> res = evaluate(model, toy, model_names=["tiny"], use_cache=False, plots=False)
+    >>> sorted(res.scores["tiny"]["toy"])
+    ['map@100', 'mrr@10', 'ndcg@10', 'recall@100']
+    >>> 0.0 <= res.mean("tiny") <= 1.0
+    True
     """
-    model_list = [models] if isinstance(models, ColBERT | DenseModel | str | os.PathLike) else list(models)
+    model_list = list(models) if isinstance(models, Sequence) and not isinstance(models, str) else [models]
     ds_list = [datasets] if isinstance(datasets, RetrievalDataset | str | os.PathLike) else list(datasets)
     if not model_list:
         raise ValueError("no model to evaluate")
@@ -166,7 +182,7 @@ def make_eval_hook(
     settings: RetrievalSettings | None = None,
     preset: str | None = None,
     **setting_overrides: Any,
-) -> Callable[[ColBERT | DenseModel, int], dict[str, float]]:
+) -> Callable[[Encoder, int], dict[str, float]]:
     """A training dev hook: ``hook(model, step) -> {"eval/<dataset>/<metric>": value, ...,
     "eval/mean/<metric>": value}``. Datasets are loaded once; the corpus cache is off by default
     (the weights change every call). The model's train/eval mode is restored."""
@@ -176,7 +192,7 @@ def make_eval_hook(
     if setting_overrides:
         base = dataclasses.replace(base, **setting_overrides)
 
-    def hook(model: ColBERT | DenseModel, step: int) -> dict[str, float]:
+    def hook(model: Encoder, step: int) -> dict[str, float]:
         was_training = model.training
         out: dict[str, float] = {}
         try:

@@ -9,12 +9,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, overload
 
 #: the reported metrics: nDCG@10 is the main number
 DEFAULT_METRICS: tuple[str, ...] = ("ndcg@10", "mrr@10", "recall@100", "map@100")
 MAIN_METRIC = "ndcg@10"
 
 
+@overload
+def compute_metrics(
+    qrels: dict[str, dict[str, int]],
+    run: dict[str, dict[str, float]],
+    metrics: Sequence[str] = ...,
+    *,
+    per_query: Literal[False] = False,
+) -> dict[str, float]: ...
+@overload
+def compute_metrics(
+    qrels: dict[str, dict[str, int]],
+    run: dict[str, dict[str, float]],
+    metrics: Sequence[str] = ...,
+    *,
+    per_query: Literal[True],
+) -> dict[str, dict[str, float]]: ...
 def compute_metrics(
     qrels: dict[str, dict[str, int]],
     run: dict[str, dict[str, float]],
@@ -22,7 +39,14 @@ def compute_metrics(
     *,
     per_query: bool = False,
 ) -> dict[str, float] | dict[str, dict[str, float]]:
-    """Mean of each metric over the qrels' queries (fractions in [0, 1])."""
+    """Mean of each metric over the qrels' queries (fractions in [0, 1]); with ``per_query``,
+    metric -> query id -> value.
+
+    >>> qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    >>> run = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d1": 2.0, "d2": 1.0}}
+    >>> {m: round(v, 4) for m, v in compute_metrics(qrels, run, ["ndcg@10", "mrr@10"]).items()}
+    {'ndcg@10': 0.8155, 'mrr@10': 0.75}
+    """
     import numpy as np
     from ranx import Qrels, Run, evaluate
 

@@ -37,13 +37,14 @@ def table_rows(
 
 
 def text_table(scores: dict[str, dict[str, dict[str, float]]], metric: str = MAIN_METRIC) -> str:
+    """``metric`` x 100 per model (rows) and dataset (columns), as aligned text."""
     header, rows = table_rows(scores, metric)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def line(r):
+    def line(r: list[str]) -> str:
         return "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )  # noqa: E731
+        )
 
     out = [f"{metric} (x100)", line(header), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows]
@@ -51,6 +52,7 @@ def text_table(scores: dict[str, dict[str, dict[str, float]]], metric: str = MAI
 
 
 def markdown(results: dict[str, Any], metrics: list[str]) -> str:
+    """The results (:meth:`EvaluationResults.to_dict`) as a Markdown report, one table per metric."""
     scores = results["scores"]
     parts = ["# colzero evaluation", ""]
     for metric in metrics:

@@ -1,9 +1,10 @@
 """Exact retrieval for evaluation: encode (with an on-disk corpus cache), search, return runs.
 
-ColBERT: MaxSim over every document (:func:`colzero.scoring.topk.maxsim_topk` on length-sorted
-groups of documents, padded per group). DenseModel: dot product (cosine for normalised models),
-chunked top-k. Memory stays bounded by the group size and the MaxSim byte budget; the corpus
-vectors can be memory-mapped from the cache.
+Both searches are :func:`colzero.scoring.search.search` over the corpus as
+:class:`~colzero.scoring.packed.PackedEmbeddings`: ColBERT by MaxSim (length-sorted groups of
+documents, padded per group), DenseModel by dot product (cosine for normalised models). Memory
+stays bounded by the group size and the MaxSim byte budget; the corpus vectors are memory-mapped
+from the cache.
 
 Cache entries live in ``cache_dir`` (default ``$COLZERO_CACHE/embeddings`` or
 ``~/.cache/colzero/embeddings``), one folder per key = sha256 of (model fingerprint, corpus
@@ -28,15 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
-from colzero.evaluation.datasets import RetrievalDataset
+from colzero.data.datasets import RetrievalDataset
 from colzero.model.colbert import ColBERT
-from colzero.model.dense import DenseModel
+from colzero.model.config import ColBERTConfig, Role
+from colzero.model.encoder import Encoder
 from colzero.model.precision import Precision, resolve_precision
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
-from colzero.scoring.topk import maxsim_topk
+from colzero.scoring.packed import PackedEmbeddings
+from colzero.scoring.search import DOT_CHUNK, MAXSIM_GROUP, SEARCH_BUDGET_BYTES, search
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ QUERY_LENGTH_PRESETS: dict[str, dict[str, int]] = {
 
 
 def default_cache_dir() -> Path:
+    """``$COLZERO_CACHE/embeddings``, else ``~/.cache/colzero/embeddings``."""
     root = os.environ.get("COLZERO_CACHE")
     return Path(root) / "embeddings" if root else Path.home() / ".cache" / "colzero" / "embeddings"
 
@@ -77,10 +80,10 @@ class RetrievalSettings:
     use_cache: bool = True
     cache_dir: str | os.PathLike[str] | None = None
     storage_dtype: Literal["float32", "float16"] = "float32"
-    #: documents per length-sorted group (ColBERT) / per score chunk (dense)
-    doc_group: int = 256
-    #: per-chunk similarity tensor; 32 MB stays cache-resident: 84 vs 48 GFLOP/s at 256 MB (AMD EPYC, 2 threads)
-    budget_bytes: int = 32 * 1024**2
+    #: documents per length-sorted group (ColBERT)
+    doc_group: int = MAXSIM_GROUP
+    #: per-chunk similarity tensor (see :data:`colzero.scoring.search.SEARCH_BUDGET_BYTES`)
+    budget_bytes: int = SEARCH_BUDGET_BYTES
     show_progress: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +97,7 @@ class RetrievalSettings:
                 raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
 
     def replace(self, **changes: Any) -> RetrievalSettings:
+        """A copy with ``changes`` applied (None values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -113,6 +117,8 @@ def preset_settings(settings: RetrievalSettings, dataset_name: str, preset: str 
 
 @dataclass
 class RetrievalOutput:
+    """A run (query id -> {document id: score}) with timings and where the corpus vectors came from."""
+
     run: dict[str, dict[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
@@ -122,48 +128,35 @@ class RetrievalOutput:
 # ---------------------------------------------------------------------- model helpers
 
 
-def model_fingerprint(model: ColBERT | DenseModel) -> str:
-    """``model.fingerprint()`` where defined, else the same recipe (config + sampled weights)."""
-    if hasattr(model, "fingerprint"):
-        return str(model.fingerprint())
-    h = hashlib.sha256(type(model).__name__.encode())
-    h.update(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().float().cpu().flatten()
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 @contextlib.contextmanager
-def _lengths(model: ColBERT | DenseModel, role: str, length: int | None) -> Iterator[None]:
+def _lengths(model: Encoder, role: Role, length: int | None) -> Iterator[None]:
     """Temporarily encode ``role`` texts with ``length`` tokens."""
     if length is None:
         yield
         return
-    old = model.config
-    if isinstance(model, ColBERT):
+    holder: Any = model  # the protocol's config is read-only; the models' own is settable
+    old = holder.config
+    if isinstance(old, ColBERTConfig):
         key = "query_length" if role == "query" else "document_length"
     else:
         key = "max_length"
-    model.config = dataclasses.replace(old, **{key: length})
+    holder.config = dataclasses.replace(old, **{key: length})
     try:
         yield
     finally:
-        model.config = old
+        holder.config = old
 
 
-def effective_length(model: ColBERT | DenseModel, role: str, settings: RetrievalSettings) -> int:
+def effective_length(model: Encoder, role: Role, settings: RetrievalSettings) -> int:
+    """The token length ``role`` texts are encoded with under ``settings``."""
     explicit = settings.query_length if role == "query" else settings.document_length
     if explicit is not None:
         return explicit
-    if isinstance(model, ColBERT):
-        return model.config.length_for(role)  # type: ignore[arg-type]
-    return model.config.max_length
+    config = model.config
+    return config.length_for(role) if isinstance(config, ColBERTConfig) else config.max_length
 
 
-def _encode(model, texts: list[str], role: str, settings: RetrievalSettings, **kw: Any):
+def _encode(model: Encoder, texts: list[str], role: Role, settings: RetrievalSettings, **kw: Any) -> Any:
     length = settings.query_length if role == "query" else settings.document_length
     prompt = settings.query_prompt if role == "query" else settings.document_prompt
     with _lengths(model, role, length):
@@ -181,16 +174,15 @@ def _encode(model, texts: list[str], role: str, settings: RetrievalSettings, **k
 # ---------------------------------------------------------------------- corpus cache
 
 
-def corpus_cache_key(
-    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings
-) -> str:
+def corpus_cache_key(model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings) -> str:
+    """The cache key of a corpus's vectors (see the module docstring)."""
     prompt = settings.document_prompt
     if prompt is None:
         prompt = model.config.prompt_for("document")
     payload = {
         "format": CACHE_FORMAT,
         "kind": type(model).__name__,
-        "model": model_fingerprint(model),
+        "model": model.fingerprint(),
         "corpus": dataset.corpus_hash(),
         "document_length": effective_length(model, "document", settings),
         "document_prompt": prompt,
@@ -200,19 +192,15 @@ def corpus_cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@dataclass
-class CorpusEmbeddings:
-    vectors: np.ndarray  # (tokens, dim) for ColBERT, (docs, dim) for dense
-    offsets: np.ndarray | None  # (docs + 1,) int64 for ColBERT
+#: a corpus's vectors: (tokens, dim) + offsets for ColBERT, (docs, dim) (one vector each) for dense
+CorpusEmbeddings = PackedEmbeddings
 
 
-def _write_atomic(final: Path, emb: CorpusEmbeddings, meta: dict[str, Any]) -> None:
+def _write_atomic(final: Path, emb: PackedEmbeddings, meta: dict[str, Any]) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        np.save(tmp / "vectors.npy", emb.vectors)
-        if emb.offsets is not None:
-            np.save(tmp / "offsets.npy", emb.offsets)
+        emb.save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         try:
             os.rename(tmp, final)
@@ -224,20 +212,18 @@ def _write_atomic(final: Path, emb: CorpusEmbeddings, meta: dict[str, Any]) -> N
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_cache(path: Path) -> CorpusEmbeddings | None:
+def _read_cache(path: Path) -> PackedEmbeddings | None:
     if not (path / "meta.json").is_file():
         return None
     try:
-        vectors = np.load(path / "vectors.npy", mmap_mode="r")
-        offsets = np.load(path / "offsets.npy") if (path / "offsets.npy").is_file() else None
+        return PackedEmbeddings.load(path, mmap=True)
     except (OSError, ValueError) as exc:
         logger.warning("%s: unreadable cache entry (%s); re-encoding", path, exc)
         return None
-    return CorpusEmbeddings(vectors, offsets)
 
 
 def encode_corpus(
-    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings
+    model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings
 ) -> tuple[CorpusEmbeddings, bool, Path | None]:
     """(embeddings, cache_hit, cache_path)."""
     path = None
@@ -248,26 +234,20 @@ def encode_corpus(
         if cached is not None:
             logger.info("corpus embeddings of %s from cache %s", dataset.name, path)
             return cached, True, path
-    np_dtype = np.float16 if settings.storage_dtype == "float16" else np.float32
+    dtype = torch.float16 if settings.storage_dtype == "float16" else torch.float32
     if isinstance(model, ColBERT):
         mats = _encode(model, dataset.corpus_texts, "document", settings, output="list")
-        lengths = np.array([m.shape[0] for m in mats], dtype=np.int64)
-        offsets = np.zeros(len(mats) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        vectors = torch.cat(mats).numpy().astype(np_dtype, copy=False)
+        emb = PackedEmbeddings.from_list(mats, dim=model.config.embedding_dim).to(dtype=dtype)
         del mats
-        emb = CorpusEmbeddings(vectors, offsets)
     else:
-        emb = CorpusEmbeddings(
-            _encode(model, dataset.corpus_texts, "document", settings).numpy().astype(np_dtype), None
-        )
+        emb = PackedEmbeddings(_encode(model, dataset.corpus_texts, "document", settings).to(dtype))
     if path is not None:
         meta = {
             "dataset": dataset.name,
             "source": dataset.source,
             "n_docs": len(dataset.corpus_ids),
             "model_class": type(model).__name__,
-            "fingerprint": model_fingerprint(model),
+            "fingerprint": model.fingerprint(),
             "settings": dataclasses.asdict(settings) | {"cache_dir": str(settings.cache_dir)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -283,104 +263,47 @@ def _self_index(dataset: RetrievalDataset, query_ids: list[str]) -> torch.Tensor
     return torch.tensor([pos.get(q, -1) for q in query_ids], dtype=torch.long)
 
 
-def _merge(best_s, best_i, s, i, k):
-    if best_s is None:
-        return s, i
-    cs, ci = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
-    top = cs.topk(min(k, cs.shape[1]), dim=1)
-    return top.values, ci.gather(1, top.indices)
-
-
 def search_colbert(
     queries: torch.Tensor,
     queries_mask: torch.Tensor | None,
-    corpus: CorpusEmbeddings,
+    corpus: PackedEmbeddings,
     k: int,
     *,
     exclude: torch.Tensor | None = None,
-    doc_group: int = 256,
+    doc_group: int = MAXSIM_GROUP,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact MaxSim top-k over a flat (tokens, dim) corpus with offsets.
+    """Exact MaxSim top-k over a packed corpus (:func:`colzero.scoring.search.search`).
 
-    Documents are sorted by length and scored in groups padded to the group's longest document.
-    Padding repeats each document's last real vector instead of masking: the max over a
-    document's tokens is unchanged, and the MaxSim kernel can skip its masking pass.
-    ``exclude[i]`` (a document index or -1) is never returned for query i.
+    ``exclude[i]`` (a document index or -1) is never returned for query i; a slot left empty
+    holds (-inf, -1).
     """
-    assert corpus.offsets is not None
-    offsets = corpus.offsets
-    lengths = np.diff(offsets)
-    n = len(lengths)
-    want = min(n, k + (1 if exclude is not None else 0))
-    order = np.argsort(-lengths, kind="stable")
-    queries = queries.float().contiguous()
-    best_s = best_i = None
-    for g in range(0, n, doc_group):
-        idx = order[g : g + doc_group]
-        glen = lengths[idx]
-        width = int(max(1, glen.max()))
-        ar = np.arange(width)
-        safe = np.maximum(glen, 1)
-        pos = offsets[idx][:, None] + np.minimum(ar[None, :], (safe - 1)[:, None])
-        docs = torch.from_numpy(np.ascontiguousarray(corpus.vectors[pos.reshape(-1)], dtype=np.float32))
-        docs = docs.view(len(idx), width, -1)
-        mask = torch.ones((len(idx), width), dtype=torch.bool)
-        if (glen == 0).any():
-            mask[torch.from_numpy(glen == 0)] = False
-        s, li = maxsim_topk(
-            queries,
-            docs,
-            mask,
-            want,
-            queries_mask=queries_mask,
-            doc_chunk=len(idx),
-            budget_bytes=budget_bytes,
-        )
-        gi = torch.from_numpy(idx)[li]
-        best_s, best_i = _merge(best_s, best_i, s, gi, want)
-    return _drop_excluded(best_s, best_i, exclude, k)
-
-
-def _drop_excluded(scores, idx, exclude, k):
-    if exclude is None:
-        return scores[:, :k], idx[:, :k]
-    hit = idx == exclude.unsqueeze(1)
-    scores = scores.masked_fill(hit, float("-inf"))
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    scores, idx = scores.gather(1, order), idx.gather(1, order)
-    return scores[:, :k], idx[:, :k]  # an excluded document left in (k >= corpus) scores -inf
+    return search(
+        queries,
+        corpus,
+        k,
+        score="maxsim",
+        query_mask=queries_mask,
+        exclude=exclude,
+        doc_group=doc_group,
+        budget_bytes=budget_bytes,
+    )
 
 
 def search_dense(
     queries: torch.Tensor,
-    corpus: CorpusEmbeddings,
+    corpus: PackedEmbeddings,
     k: int,
     *,
     exclude: torch.Tensor | None = None,
-    doc_chunk: int = 16384,
+    doc_chunk: int = DOT_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact dot-product top-k, one GEMM per document chunk."""
-    vectors = corpus.vectors
-    n = vectors.shape[0]
-    kk = min(n, k)
-    queries = queries.float()
-    best_s = best_i = None
-    for start in range(0, n, doc_chunk):
-        chunk = torch.from_numpy(np.array(vectors[start : start + doc_chunk], dtype=np.float32))
-        s = queries @ chunk.T
-        if exclude is not None:
-            local = exclude - start
-            rows = ((local >= 0) & (local < chunk.shape[0])).nonzero().flatten()
-            if len(rows):
-                s[rows, local[rows]] = float("-inf")
-        top = s.topk(min(kk, s.shape[1]), dim=1)
-        best_s, best_i = _merge(best_s, best_i, top.values, top.indices + start, kk)
-    return best_s, best_i  # an excluded document can only appear (last) with score -inf
+    """Exact dot-product top-k over single-vector documents, one GEMM per chunk."""
+    return search(queries, corpus, k, score="dot", exclude=exclude, doc_group=doc_chunk)
 
 
 def retrieve(
-    model: ColBERT | DenseModel, dataset: RetrievalDataset, settings: RetrievalSettings | None = None
+    model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings | None = None
 ) -> RetrievalOutput:
     """Encode (corpus from cache when possible) and search; the run maps query id -> {doc id: score}."""
     settings = settings or RetrievalSettings()
@@ -410,7 +333,7 @@ def retrieve(
         q = _encode(model, dataset.query_texts, "query", settings)
         timings["encode_queries_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores, idx = search_dense(q, corpus, settings.k, exclude=exclude, doc_chunk=16384)
+        scores, idx = search_dense(q, corpus, settings.k, exclude=exclude)
     timings["search_s"] = time.perf_counter() - t0
     ids = dataset.corpus_ids
     run: dict[str, dict[str, float]] = {}

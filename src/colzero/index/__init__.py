@@ -21,7 +21,7 @@ from colzero.index.sharded import build_sharded
 def iter_documents(source: Any) -> Iterator[tuple[str, str]]:
     """(id, encoded text) of each document of ``source`` (see :func:`read_documents`)."""
     for doc in read_documents(source):
-        yield doc.doc_id, doc.text
+        yield doc.id, doc.text
 
 
 __all__ = [

@@ -63,7 +63,7 @@ def index_recall_against_exact(
 
     if isinstance(corpus, dict):
         corpus = list(corpus.items())
-    docs = [(d.doc_id, d.text) for d in read_documents(corpus) if d.doc_id in index]
+    docs = [(d.id, d.text) for d in read_documents(corpus) if d.id in index]
     with torch.inference_mode():
         dvecs = model.encode([t for _, t in docs], "document")
         qvecs = model.encode(list(queries), "query")

@@ -249,7 +249,7 @@ class Index:
             storage.upgrade_schema(con)
             writer = storage.SegmentWriter(tmp_folder, self.codec, first_pid)
             encode = make_encoder(self.model, None, batch_size)
-            held, rest = encoded_chunks(read_documents(documents), encode, chunk_size)
+            _, rest = encoded_chunks(read_documents(documents), encode, chunk_size)
             write_documents(con, writer, rest, **flags)
             if writer.n_docs == 0:
                 con.execute("ROLLBACK")
@@ -294,7 +294,7 @@ class Index:
             vecs = self.model.encode(list(queries), "query", batch_size=batch_size)
         return [v.float().numpy() for v in vecs]
 
-    def allowed(self, filter: dict[str, Any] | None) -> np.ndarray:  # noqa: A002
+    def allowed(self, filter: dict[str, Any] | None) -> np.ndarray:
         """Bool mask over pids: live documents matching ``filter`` (``filters.py``)."""
         live = ~self.state.deleted
         if filter is None:
@@ -312,7 +312,7 @@ class Index:
         nprobe: int | None = None,
         ncandidates: int | None = None,
         rerank: str | None = None,
-        filter: dict[str, Any] | None = None,  # noqa: A002
+        filter: dict[str, Any] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Top-``k`` (doc_id, score) per query, best first.
 

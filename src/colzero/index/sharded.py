@@ -162,7 +162,7 @@ def shard_documents(documents: Any, start: int, end: int) -> Iterator[tuple[str,
     """(id, text) of documents ``start:end`` (0-based, blank JSONL lines not counted); only
     those are parsed."""
     for doc in read_documents(documents, start, end):
-        yield doc.doc_id, doc.text
+        yield doc.id, doc.text
 
 
 def _encode_shard(

@@ -19,6 +19,7 @@ Ties are broken by the smaller pid everywhere (:func:`top`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -129,7 +130,7 @@ def maxsim_decoded(
     q = np.ascontiguousarray(q, dtype=np.float32)
     lens = doclens[pids]
     bounds = _blocks(lens, block_tokens)
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         codes, residuals, inv_norms = read(pids[a:b])
         sim = np.take(cs, codes, axis=1)  # (Lq, tokens), C-ordered: reduceat runs along rows
         sim += q @ residuals.T

@@ -167,18 +167,18 @@ def insert_documents(
         try:
             con.execute(
                 "INSERT INTO docs (pid, doc_id, deleted, text, fields, origin) VALUES (?, ?, 0, ?, ?, ?)",
-                (first_pid + i, doc.doc_id, doc.text if store_texts else None, fields, doc.where or None),
+                (first_pid + i, doc.id, doc.text if store_texts else None, fields, doc.where or None),
             )
         except sqlite3.IntegrityError as exc:
             pid, origin = con.execute(
-                "SELECT pid, origin FROM docs WHERE doc_id = ? AND deleted = 0", (doc.doc_id,)
+                "SELECT pid, origin FROM docs WHERE doc_id = ? AND deleted = 0", (doc.id,)
             ).fetchone()
             if pid >= session_first_pid:
                 raise DataError(
-                    f"{doc.where}: field '_id': duplicate document id {doc.doc_id!r}, first seen at {origin}"
+                    f"{doc.where}: field '_id': duplicate document id {doc.id!r} (first at {origin})"
                 ) from exc
             raise DataError(
-                f"{doc.where}: field '_id': document id {doc.doc_id!r} is already in the index"
+                f"{doc.where}: field '_id': document id {doc.id!r} is already in the index"
             ) from exc
 
 

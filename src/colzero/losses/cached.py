@@ -2,7 +2,8 @@
 
 Same loss and gradients as :class:`colzero.losses.contrastive.Contrastive` on the whole batch
 (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup";
-sentence-transformers ``CachedMultipleNegativesRankingLoss``; SPEC §3):
+sentence-transformers ``CachedMultipleNegativesRankingLoss``; ColBERT-Zero, arXiv:2602.16609,
+phase 1 at a global batch of 16,384):
 
 1. ``fn(batch)`` embeds queries, positives, negatives in chunks of ``mini_batch_size`` rows
    without gradients, saving the RNG state (CPU and every CUDA device) before each chunk;
@@ -26,16 +27,22 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
 
 from colzero.data.batch import ContrastiveBatch
+from colzero.losses.base import COLBERT_ZERO
 from colzero.losses.contrastive import Contrastive
 from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
 from colzero.model.base import TokenizedBatch
+from colzero.model.config import Role
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+if TYPE_CHECKING:
+    from colzero.losses.config import LossConfig
 
 
 class RandContext:
@@ -44,7 +51,7 @@ class RandContext:
     def __init__(self) -> None:
         self.cpu_state = torch.get_rng_state()
         self.cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        self._fork: contextlib.AbstractContextManager | None = None
+        self._fork: contextlib.AbstractContextManager[None] | None = None
 
     def __enter__(self) -> None:
         devices = list(range(len(self.cuda_states))) if self.cuda_states is not None else []
@@ -54,7 +61,7 @@ class RandContext:
         if self.cuda_states is not None:
             torch.cuda.set_rng_state_all(self.cuda_states)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         assert self._fork is not None
         self._fork.__exit__(*exc)
         self._fork = None
@@ -63,7 +70,7 @@ class RandContext:
 @dataclass
 class _Chunk:
     batch: TokenizedBatch
-    role: str
+    role: Role
     part: int  # 0 queries, 1 positives, 2 negatives
     rows: slice
     rng: RandContext
@@ -71,32 +78,49 @@ class _Chunk:
 
 class CachedContrastive(Contrastive):
     """GradCache InfoNCE (module docstring); arguments as :class:`Contrastive` plus
-    ``mini_batch_size`` (rows embedded at once, per role)."""
+    ``mini_batch_size`` (rows embedded at once, per role; None: a whole role at once)."""
+
+    citation = (
+        "InfoNCE (van den Oord et al. 2018, arXiv:1807.03748) on ColBERT late-interaction scores "
+        "(Khattab & Zaharia 2020, arXiv:2004.12832) with GradCache (Gao et al. 2021, arXiv:2101.06983), "
+        f"as in the unsupervised phase of {COLBERT_ZERO}"
+    )
 
     def __init__(
         self,
         model: nn.Module,
-        mini_batch_size: int = 32,
+        mini_batch_size: int | None = 32,
         temperature: float = 0.02,
         learnable_temperature: bool = False,
         gather_across_devices: bool = True,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
     ) -> None:
         super().__init__(model, temperature, learnable_temperature, gather_across_devices, budget_bytes)
-        if mini_batch_size < 1:
+        if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
         self.mini_batch_size = mini_batch_size
 
-    def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, str, int, slice]]:
-        parts = [(batch.queries, "query"), (batch.positives, "document")]
+    @classmethod
+    def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
+        """``mini_batch_size``, ``temperature`` and ``learnable_temperature`` of ``config``."""
+        return cls(model, config.mini_batch_size, config.temperature, config.learnable_temperature)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The settings that define this loss (the temperature as configured)."""
+        return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+    def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, Role, int, slice]]:
+        parts: list[tuple[TokenizedBatch, Role]] = [(batch.queries, "query"), (batch.positives, "document")]
         if batch.negatives is not None and batch.n_negatives > 0:
             parts.append((batch.negatives, "document"))
         for index, (tb, role) in enumerate(parts):
-            for start in range(0, len(tb), self.mini_batch_size):
-                rows = slice(start, min(start + self.mini_batch_size, len(tb)))
+            size = self.mini_batch_size or len(tb)
+            for start in range(0, len(tb), size):
+                rows = slice(start, min(start + size, len(tb)))
                 yield tb.select(rows), role, index, rows
 
     def forward(self, batch: ContrastiveBatch) -> torch.Tensor:
+        """The loss of one batch; ``loss.backward()`` re-embeds chunk by chunk (module docstring)."""
         chunks: list[_Chunk] = []
         vectors: list[list[torch.Tensor]] = [[], [], []]
         masks: list[list[torch.Tensor | None]] = [[], [], []]
@@ -107,29 +131,32 @@ class CachedContrastive(Contrastive):
                 chunks.append(_Chunk(tb, role, part, rows, rng))
                 vectors[part].append(v.detach())
                 masks[part].append(m)
-        full = [torch.cat(v) if v else None for v in vectors]
-        full_masks = [torch.cat(m) if m and m[0] is not None else None for m in masks]
+        queries, positives = torch.cat(vectors[0]), torch.cat(vectors[1])
+        negatives = torch.cat(vectors[2]) if vectors[2] else None
+        full_masks = [_cat_masks(m) for m in masks]
         if not torch.is_grad_enabled():
             return self.loss_from_embeddings(
-                full[0], full_masks[0], full[1], full_masks[1], full[2], full_masks[2]
+                queries, full_masks[0], positives, full_masks[1], negatives, full_masks[2]
             )
-        device_type = full[0].device.type
+        device_type = queries.device.type
         autocast_state = (
             device_type,
             torch.is_autocast_enabled(device_type),
             torch.get_autocast_dtype(device_type),
         )
-        leaves = [None if v is None else v.requires_grad_() for v in full]
+        leaves = [queries.requires_grad_(), positives.requires_grad_()]
+        if negatives is not None:
+            leaves.append(negatives.requires_grad_())
         loss = self.loss_from_embeddings(
-            leaves[0], full_masks[0], leaves[1], full_masks[1], leaves[2], full_masks[2]
+            leaves[0], full_masks[0], leaves[1], full_masks[1], negatives, full_masks[2]
         )
-        targets = [v for v in leaves if v is not None]
+        targets = list(leaves)
         if self.learnable_temperature:
             targets.append(self.log_temperature)
         grads = torch.autograd.grad(loss, targets)
-        part_grads = [None, None, None]
-        for i, g in zip([i for i, v in enumerate(leaves) if v is not None], grads, strict=False):
-            part_grads[i] = g
+        part_grads: list[torch.Tensor | None] = [None, None, None]
+        for i in range(len(leaves)):
+            part_grads[i] = grads[i]
         temperature_grad = grads[-1] if self.learnable_temperature else None
         out = loss.detach().requires_grad_()
         out.register_hook(partial(self._backward, chunks, part_grads, temperature_grad, autocast_state))
@@ -158,3 +185,9 @@ class CachedContrastive(Contrastive):
             g = all_reduce_mean_((temperature_grad * grad_output).detach().clone())
             param = self.log_temperature
             param.grad = g if param.grad is None else param.grad + g
+
+
+def _cat_masks(masks: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The chunks' masks as one (None when the vectors are single-vector)."""
+    present = [m for m in masks if m is not None]
+    return torch.cat(present) if present and len(present) == len(masks) else None

@@ -14,27 +14,44 @@ Inputs: a :class:`colzero.data.batch.ContrastiveBatch` (B queries, B positives, 
 ``B * n_negatives`` query-major hard negatives). Output: a scalar float32 loss tensor; the trainer
 calls ``loss = fn(batch); loss.backward()`` (same as :class:`CachedContrastive`).
 
-References: van den Oord et al. 2018 (InfoNCE); Khattab & Zaharia 2020 (ColBERT); SPEC §3
-(ColBERT-Zero phases 1-2: tau 0.02 / 0.2, in-batch + hard negatives, gathered documents);
-sentence-transformers ``MultipleNegativesRankingLoss`` and PyLate ``losses.Contrastive`` (same
-candidate layout up to column order, which does not change the loss).
+References: van den Oord et al. 2018 (InfoNCE, arXiv:1807.03748); Khattab & Zaharia 2020
+(ColBERT, arXiv:2004.12832); ColBERT-Zero (arXiv:2602.16609) phases 1-2: tau 0.02 / 0.2, in-batch +
+hard negatives, gathered documents; sentence-transformers ``MultipleNegativesRankingLoss`` and
+PyLate ``losses.Contrastive`` (same candidate layout up to column order, which does not change the
+loss).
+
+Example (embeddings straight in; ``fn(batch)`` embeds a batch with the model first):
+
+>>> import torch
+>>> from colzero.losses import Contrastive
+>>> q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 2 queries of 1 token
+>>> d = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # their positives
+>>> mask = torch.ones(2, 1, dtype=torch.bool)
+>>> fn = Contrastive(model=None, temperature=0.5)
+>>> round(float(fn.loss_from_embeddings(q, None, d, mask)), 4)  # -log(e^2 / (e^2 + e^0))
+0.1269
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from colzero.data.batch import ContrastiveBatch
+from colzero.losses.base import COLBERT_ZERO, Loss
 from colzero.losses.gather import all_reduce_mean_, gather_documents, world
 from colzero.losses.scores import embed, score_all_pairs
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
 
+if TYPE_CHECKING:
+    from colzero.losses.config import LossConfig
 
-class Contrastive(nn.Module):
+
+class Contrastive(Loss):
     """InfoNCE over in-batch positives and hard negatives (see module docstring).
 
     Args:
@@ -50,6 +67,14 @@ class Contrastive(nn.Module):
         budget_bytes: memory budget of one MaxSim similarity chunk.
     """
 
+    #: an Encoder, or one wrapped in DistributedDataParallel (not a submodule)
+    model: nn.Module
+
+    citation = (
+        "InfoNCE (van den Oord et al. 2018, arXiv:1807.03748) on ColBERT late-interaction scores "
+        f"(Khattab & Zaharia 2020, arXiv:2004.12832), as in the contrastive phases of {COLBERT_ZERO}"
+    )
+
     def __init__(
         self,
         model: nn.Module,
@@ -61,6 +86,7 @@ class Contrastive(nn.Module):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.initial_temperature = float(temperature)
         object.__setattr__(self, "model", model)  # not a submodule (see class docstring)
         self.gather_across_devices = gather_across_devices
         self.budget_bytes = budget_bytes
@@ -72,8 +98,22 @@ class Contrastive(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t, persistent=False)
 
+    @classmethod
+    def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
+        """``temperature`` and ``learnable_temperature`` of ``config``."""
+        return cls(model, config.temperature, config.learnable_temperature)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The settings that define this loss (the temperature as configured)."""
+        return {
+            "temperature": self.initial_temperature,
+            "learnable_temperature": self.learnable_temperature,
+            "gather_across_devices": self.gather_across_devices,
+        }
+
     @property
     def temperature(self) -> torch.Tensor:
+        """tau = exp(log_temperature) (a tensor: it is learned when ``learnable_temperature``)."""
         return self.log_temperature.exp()
 
     def forward(self, batch: ContrastiveBatch) -> torch.Tensor:

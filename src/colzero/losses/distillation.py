@@ -9,25 +9,32 @@ DenseModel) and teacher scores t_ik (raw, e.g. reranker logits):
 
 This is PyLate 1.6.0 ``losses.Distillation`` (``KLDivLoss(reduction="batchmean",
 log_target=True)`` on ``log_softmax`` of both sides, student min-max normalised per query, teacher
-raw) as used by ColBERT-Zero phase 3 (SPEC §3); the temperatures (default 1, i.e. PyLate's
+raw) as used by ColBERT-Zero's phase 3 (arXiv:2602.16609); the temperatures (default 1, i.e. PyLate's
 behaviour) are an extension. Nothing is gathered across ranks: each rank's loss is the mean over
 its queries, and DDP's gradient averaging gives the global-batch mean.
 
 Inputs: a :class:`colzero.data.batch.DistillationBatch` (B queries, B * K query-major documents,
 teacher scores (B, K)). Call style: ``loss = fn(batch); loss.backward()``.
 
-Reference: Hinton et al. 2015 (distillation); Santhanam et al. 2022 (ColBERTv2 KL distillation).
+Reference: Hinton et al. 2015 (distillation, arXiv:1503.02531); Santhanam et al. 2022 (ColBERTv2
+KL distillation, arXiv:2112.01488).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from colzero.data.batch import DistillationBatch
+from colzero.losses.base import COLBERT_ZERO, Loss
 from colzero.losses.scores import embed, score_nway
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+
+if TYPE_CHECKING:
+    from colzero.losses.config import LossConfig
 
 EPSILON = 1e-8
 
@@ -46,7 +53,15 @@ def kl_distillation(
     student_temperature: float = 1.0,
     teacher_temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Batch-mean KL(teacher || student) from (B, K) score matrices (see module docstring)."""
+    """Batch-mean KL(teacher || student) from (B, K) score matrices (see module docstring).
+
+    >>> import torch
+    >>> s = torch.tensor([[3.0, 1.0, 0.0]])
+    >>> round(float(kl_distillation(s, s, normalize_scores=False)), 6)  # same distribution
+    0.0
+    >>> float(kl_distillation(s, torch.tensor([[0.0, 1.0, 3.0]]))) > 0
+    True
+    """
     if student_scores.shape != teacher_scores.shape:
         raise ValueError(
             f"student scores {tuple(student_scores.shape)} != teacher scores {tuple(teacher_scores.shape)}"
@@ -59,8 +74,16 @@ def kl_distillation(
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
-class Distillation(nn.Module):
+class Distillation(Loss):
     """KL distillation loss (module docstring). ``model`` is not registered as a submodule."""
+
+    #: an Encoder, or one wrapped in DistributedDataParallel (not a submodule)
+    model: nn.Module
+
+    citation = (
+        "KL distillation from teacher scores (Hinton et al. 2015, arXiv:1503.02531; ColBERTv2, "
+        f"Santhanam et al. 2022, arXiv:2112.01488), as in the distillation phase of {COLBERT_ZERO}"
+    )
 
     def __init__(
         self,
@@ -79,6 +102,19 @@ class Distillation(nn.Module):
         self.teacher_temperature = teacher_temperature
         self.budget_bytes = budget_bytes
 
+    @classmethod
+    def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
+        """``normalize_scores`` of ``config``."""
+        return cls(model, config.normalize_scores)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The settings that define this loss."""
+        return {
+            "normalize_scores": self.normalize_scores,
+            "student_temperature": self.student_temperature,
+            "teacher_temperature": self.teacher_temperature,
+        }
+
     def student_scores(self, batch: DistillationBatch) -> torch.Tensor:
         """(B, K) student scores of each query against its own candidates."""
         b, k = batch.teacher_scores.shape
@@ -92,6 +128,7 @@ class Distillation(nn.Module):
         return score_nway(q, qm, d, dm, k, budget_bytes=self.budget_bytes)
 
     def forward(self, batch: DistillationBatch) -> torch.Tensor:
+        """The loss of one batch; ``loss.backward()`` gives every gradient."""
         scores = self.student_scores(batch)
         return kl_distillation(
             scores,

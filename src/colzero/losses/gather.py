@@ -1,6 +1,6 @@
 """All-gather of document embeddings across ranks, with gradients.
 
-Used by the contrastive losses (SPEC §3): only documents are gathered, queries stay local, so
+Used by the contrastive losses (ColBERT-Zero, arXiv:2602.16609, gathers documents across GPUs): only documents are gathered, queries stay local, so
 each rank scores its ``B_r`` queries against the documents of every rank. Shapes may differ
 between ranks (each rank pads to its own longest document): vectors are padded with zeros and
 masks with False up to the cross-rank maximum length (not the model maximum) before the
@@ -19,6 +19,8 @@ Everything here is a no-op when torch.distributed is not initialised or the worl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """Forward: all_gather of equal-shaped tensors. Backward: all-reduce (sum), own slice."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rank, size = world()
         ctx.rank = rank
         out = [torch.empty_like(tensor) for _ in range(size)]
@@ -43,7 +45,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return tuple(out)
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, *grads: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([g.contiguous() for g in grads])
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         return stacked[ctx.rank]

@@ -14,19 +14,26 @@ The rank of the vector tensor decides the score, never the model class, so wrapp
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from colzero.model.base import TokenizedBatch
+from colzero.model.colbert import ColBERT
+from colzero.model.config import Role
+from colzero.model.encoder import Encoder
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, maxsim_all_pairs, maxsim_nway
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel / DataParallel wrapper (or the model)."""
-    return getattr(model, "module", model)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+        return model.module
+    return model
 
 
 def embed(
-    model: torch.nn.Module, batch: TokenizedBatch, role: str
+    model: torch.nn.Module, batch: TokenizedBatch, role: Role
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``model.embed(batch, role)``, going through ``model.__call__`` when ``model`` is wrapped.
 
@@ -37,11 +44,11 @@ def embed(
     """
     inner = unwrap(model)
     if inner is model:
-        return model.embed(batch, role)
+        return cast("Encoder", model).embed(batch, role)
     vectors = model(**batch.model_inputs())
     if vectors.dim() == 2:
         return vectors, None
-    return vectors, inner.scoring_mask(batch.input_ids, batch.attention_mask, role)
+    return vectors, cast("ColBERT", inner).scoring_mask(batch.input_ids, batch.attention_mask, role)
 
 
 def _check_pair(q_vecs: torch.Tensor, d_vecs: torch.Tensor) -> None:

@@ -1,0 +1,1 @@
+"""The models: ColBERT (multi-vector) and DenseModel (single-vector), their settings, loading and saving."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.util
+import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +16,64 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from colzero.model.config import ROLES, Role
+from colzero.model.config import ROLES, ColBERTConfig, DenseConfig, Role
 from colzero.model.folder import FolderDescription, ModelLoadError
 from colzero.model.precision import Precision, autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
+
+#: texts -> (input_ids, attention_mask) per text
+Tokenizer = Callable[[list[str]], list[tuple[list[int], list[int]]]]
+
+
+FLASH_ATTENTION_2 = "flash_attention_2"
+
+#: settings that choose how the vectors are computed, not what they are (left out of the fingerprint)
+RUNTIME_KEYS = frozenset({"attn_implementation"})
+
+
+def flash_attention_missing() -> list[str]:
+    """Why ``attn_implementation="flash_attention_2"`` cannot run here (empty: it can)."""
+    missing = []
+    if importlib.util.find_spec("flash_attn") is None:
+        missing.append("the flash_attn package is not installed")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA device is available")
+    return missing
+
+
+def check_attn_implementation(value: str | None) -> None:
+    """Raise a clear error when ``value`` is FlashAttention-2 and it cannot run here."""
+    if value == FLASH_ATTENTION_2 and (missing := flash_attention_missing()):
+        raise ValueError(
+            f"attn_implementation={value!r} was requested but {' and '.join(missing)}; "
+            "use 'sdpa' or 'eager' (with flash_attention_compat=True for a model trained with FlashAttention)"
+        )
+
+
+def usable_attn_implementation(resolved: str | None, explicit: str | None, where: object) -> str | None:
+    """``resolved`` (explicit > saved > default), except that a *saved* FlashAttention-2 setting
+    falls back to ``"sdpa"`` with a warning where FlashAttention cannot run."""
+    if resolved == FLASH_ATTENTION_2 and explicit is None and (missing := flash_attention_missing()):
+        logger.warning(
+            "%s: saved attn_implementation='flash_attention_2' but %s; using 'sdpa' "
+            "(vectors match FlashAttention's only with flash_attention_compat=True)",
+            where,
+            " and ".join(missing),
+        )
+        return "sdpa"
+    return resolved
+
+
+def apply_attn_implementation(backbone: PreTrainedModel, value: str | None) -> None:
+    """Switch an in-memory backbone to the attention backend ``value`` (``None``: leave it)."""
+    if value is None or getattr(backbone.config, "_attn_implementation", None) == value:
+        return
+    check_attn_implementation(value)
+    if hasattr(backbone, "set_attn_implementation"):
+        backbone.set_attn_implementation(value)
+    else:  # transformers < 4.56: the attention modules read the config at call time
+        backbone.config._attn_implementation = value
 
 
 def load_backbone(
@@ -25,6 +82,7 @@ def load_backbone(
     """Load the transformers encoder and tokenizer found in a model folder."""
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
+        check_attn_implementation(attn_implementation)
         kwargs["attn_implementation"] = attn_implementation
     try:
         config = AutoConfig.from_pretrained(desc.backbone_dir)
@@ -73,9 +131,10 @@ def check_texts(texts: Any) -> tuple[list[str], bool]:
 
 
 def check_role(role: str) -> Role:
+    """``role`` if it is ``"query"`` or ``"document"``, else a ValueError."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 @dataclass
@@ -88,6 +147,7 @@ class TokenizedBatch:
     positions: list[int]
 
     def to(self, device: torch.device) -> TokenizedBatch:
+        """The same batch on ``device``."""
         return TokenizedBatch(
             self.input_ids.to(device),
             self.attention_mask.to(device),
@@ -105,6 +165,7 @@ class TokenizedBatch:
         return TokenizedBatch(ids, self.attention_mask[rows], types, list(range(ids.shape[0])))
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the model's ``forward``."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         if self.token_type_ids is not None:
             inputs["token_type_ids"] = self.token_type_ids
@@ -116,6 +177,8 @@ class EncoderBase(nn.Module):
 
     #: texts tokenized and sorted together; bounds memory for very large inputs
     sort_window: int = 16384
+    #: the settings that define the vectors (set by the subclass)
+    config: ColBERTConfig | DenseConfig
 
     def __init__(self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
@@ -125,10 +188,27 @@ class EncoderBase(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are."""
         return next(self.parameters()).device
+
+    def fingerprint(self) -> str:
+        """A short hash of the settings and weights that determine the vectors.
+
+        sha256 over the config (without :data:`RUNTIME_KEYS`) and, per weight tensor in name
+        order, its name, shape and every ``numel // 4096``-th value; 16 hex digits.
+        """
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in RUNTIME_KEYS}
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().float().cpu().flatten()
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def hidden_size(self) -> int:
+        """Width of the backbone's hidden states."""
         return int(self.backbone.config.hidden_size)
 
     def _tokenize_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
@@ -153,7 +233,7 @@ class EncoderBase(nn.Module):
         return TokenizedBatch(ids, mask, types, positions)
 
     def _sorted_batches(
-        self, texts: list[str], batch_size: int, tokenize, pad_id: int
+        self, texts: list[str], batch_size: int, tokenize: Tokenizer, pad_id: int
     ) -> Iterator[TokenizedBatch]:
         """Batches of similar length (longest first), each padded only to its own longest row."""
         if batch_size < 1:
@@ -172,9 +252,9 @@ class EncoderBase(nn.Module):
         self,
         texts: list[str],
         batch_size: int,
-        tokenize,
+        tokenize: Tokenizer,
         pad_id: int,
-        embed,
+        embed: Callable[[TokenizedBatch], Sequence[Any]],
         precision: Precision,
         show_progress: bool,
         desc: str,

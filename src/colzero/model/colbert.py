@@ -7,10 +7,9 @@ documents (dynamic padding). Role prompts are prepended as text before tokenisat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from colzero import __version__
-from colzero.model.base import EncoderBase, TokenizedBatch, check_role, check_texts, load_backbone
+from colzero._version import __version__
+from colzero.model.base import (
+    EncoderBase,
+    TokenizedBatch,
+    apply_attn_implementation,
+    check_role,
+    check_texts,
+    load_backbone,
+    usable_attn_implementation,
+)
 from colzero.model.config import ColBERTConfig, Role, resolve_config
 from colzero.model.folder import (
     ModelLoadError,
@@ -32,6 +39,7 @@ from colzero.model.folder import (
     write_json,
 )
 from colzero.model.precision import Precision
+from colzero.scoring.packed import PaddedEmbeddings
 
 logger = logging.getLogger(__name__)
 
@@ -48,31 +56,6 @@ PYLATE_KEYS = (
 )
 
 
-@dataclass
-class PaddedEmbeddings:
-    """Token vectors padded to a common length; ``mask`` marks the positions that score."""
-
-    embeddings: torch.Tensor  # (n, length, dim)
-    mask: torch.Tensor  # (n, length) bool
-
-    def __len__(self) -> int:
-        return self.embeddings.shape[0]
-
-
-def pad_embeddings(vectors: list[torch.Tensor]) -> PaddedEmbeddings:
-    """Stack per-text token matrices (length_i, dim) into a padded tensor and its mask."""
-    if not vectors:
-        raise ValueError("pad_embeddings needs at least one matrix")
-    dim = vectors[0].shape[-1]
-    width = max(v.shape[0] for v in vectors)
-    out = vectors[0].new_zeros((len(vectors), width, dim))
-    mask = torch.zeros((len(vectors), width), dtype=torch.bool, device=vectors[0].device)
-    for i, v in enumerate(vectors):
-        out[i, : v.shape[0]] = v
-        mask[i, : v.shape[0]] = True
-    return PaddedEmbeddings(out, mask)
-
-
 class ColBERT(EncoderBase):
     """A late-interaction retrieval model.
 
@@ -80,6 +63,10 @@ class ColBERT(EncoderBase):
     dense sentence-transformers folder, a plain transformers encoder, or a hub name) or directly
     from an in-memory backbone and tokenizer.
     """
+
+    config: ColBERTConfig
+    #: token ids of the punctuation skiplist (a buffer)
+    skiplist_ids: torch.Tensor
 
     def __init__(
         self,
@@ -90,6 +77,7 @@ class ColBERT(EncoderBase):
     ) -> None:
         super().__init__(backbone, tokenizer)
         self.config = config or ColBERTConfig()
+        apply_attn_implementation(backbone, self.config.attn_implementation)
         self.projection = nn.Linear(self.hidden_size, self.config.embedding_dim, bias=False)
         if projection_weight is not None:
             if tuple(projection_weight.shape) != (self.config.embedding_dim, self.hidden_size):
@@ -122,7 +110,7 @@ class ColBERT(EncoderBase):
         self.expansion_token_id = int(tok.pad_token_id)
         self.marker_ids: dict[str, int | None] = {
             role: (
-                tok.convert_tokens_to_ids(self.config.prefix_for(role))
+                int(tok.convert_tokens_to_ids(self.config.prefix_for(role)))  # type: ignore[arg-type]
                 if self.config.prefix_for(role)
                 else None
             )
@@ -176,15 +164,24 @@ class ColBERT(EncoderBase):
                 logger.warning(
                     "%s: dense Dense layers are ignored; a new ColBERT projection is created", root
                 )
+        if attn_implementation is not None:
+            settings["attn_implementation"] = attn_implementation
         config = resolve_config(ColBERTConfig, settings, saved)
-        backbone, tokenizer = load_backbone(desc, attn_implementation)
+        config.attn_implementation = usable_attn_implementation(
+            config.attn_implementation, settings.get("attn_implementation"), desc.root
+        )
+        backbone, tokenizer = load_backbone(desc, config.attn_implementation)
         model = cls(backbone, tokenizer, config, weight)
         if device is not None:
             model.to(device)
         return model
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a sentence-transformers / PyLate folder (atomically); returns its path."""
+    def save(self, path: str | os.PathLike[str], *, training_record: dict[str, Any] | None = None) -> Path:
+        """Write a sentence-transformers / PyLate folder (atomically); returns its path.
+
+        ``training_record`` (how the model was trained) goes into the ``colzero`` block of
+        ``config_sentence_transformers.json``.
+        """
         path = Path(path)
         with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp, safe_serialization=True)
@@ -201,10 +198,10 @@ class ColBERT(EncoderBase):
             write_json(
                 tmp / "sentence_bert_config.json", {"max_seq_length": max_positions, "do_lower_case": False}
             )
-            write_json(tmp / "config_sentence_transformers.json", self._st_config())
+            write_json(tmp / "config_sentence_transformers.json", self._st_config(training_record))
         return path
 
-    def _st_config(self) -> dict[str, Any]:
+    def _st_config(self, training_record: dict[str, Any] | None) -> dict[str, Any]:
         import transformers
 
         cfg = asdict(self.config)
@@ -221,7 +218,7 @@ class ColBERT(EncoderBase):
         }
         out.update({k: cfg[k] for k in PYLATE_KEYS if k != "prompts"})
         out["colzero"] = {k: v for k, v in cfg.items() if k not in PYLATE_KEYS}
-        out["colzero"].update(getattr(self, "training_record", {}) or {})
+        out["colzero"].update(training_record or {})
         return out
 
     # ------------------------------------------------------------------ tokenisation
@@ -309,6 +306,20 @@ class ColBERT(EncoderBase):
         skiplist tokens, queries with their expansion positions. ``output="padded"``: a
         :class:`PaddedEmbeddings`. A single string returns a single matrix. ``precision="auto"``
         uses bf16 autocast on CUDA and on CPUs with fast bf16 (AMX / AVX512-BF16), else fp32.
+
+        Example (``model`` is any ColBERT, e.g. ``ColBERT.from_pretrained(
+        "lightonai/GTE-ModernColBERT-v1")``; the doctest runs on a tiny random one):
+
+        >>> docs = model.encode(["ColBERT scores with MaxSim.", "A fox."])  # one matrix per text
+        >>> [tuple(d.shape) for d in docs] == [(d.shape[0], model.config.embedding_dim) for d in docs]
+        True
+        >>> q = model.encode("what is late interaction?", "query")  # [MASK]-expanded
+        >>> q.shape[0] == model.config.query_length
+        True
+        >>> padded = model.encode(["a fox", "the quick brown fox"], output="padded")
+        >>> padded.embeddings.shape[:2] == padded.mask.shape and padded.mask.sum(1).tolist() == [
+        ...     len(d) for d in model.encode(["a fox", "the quick brown fox"])]
+        True
         """
         role = check_role(role)
         if output not in ("list", "padded"):
@@ -353,20 +364,14 @@ class ColBERT(EncoderBase):
             mask[i, : m.shape[0]] = m
         return PaddedEmbeddings(emb, mask)
 
-    def encode_queries(self, texts: str | list[str], **kwargs: Any):
+    def encode_queries(
+        self, texts: str | list[str], **kwargs: Any
+    ) -> list[torch.Tensor] | torch.Tensor | PaddedEmbeddings:
+        """``encode(texts, "query", ...)``."""
         return self.encode(texts, "query", **kwargs)
 
-    def encode_documents(self, texts: str | list[str], **kwargs: Any):
+    def encode_documents(
+        self, texts: str | list[str], **kwargs: Any
+    ) -> list[torch.Tensor] | torch.Tensor | PaddedEmbeddings:
+        """``encode(texts, "document", ...)``."""
         return self.encode(texts, "document", **kwargs)
-
-    def fingerprint(self) -> str:
-        """A short hash of the settings and weights that determine the vectors."""
-        import hashlib
-
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
-        for name, tensor in sorted(self.state_dict().items()):
-            t = tensor.detach().float().cpu().flatten()
-            h.update(name.encode())
-            h.update(str(tuple(tensor.shape)).encode())
-            h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
-        return h.hexdigest()[:16]

@@ -20,6 +20,9 @@ ROLES: tuple[Role, ...] = ("query", "document")
 
 T = TypeVar("T")
 
+#: attention backends a model may ask transformers for (``None``: transformers' default)
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
+
 
 def resolve_config(cls: type[T], explicit: Mapping[str, Any], saved: Mapping[str, Any]) -> T:
     """Build ``cls`` with: explicit (not None) > saved (not None) > dataclass default.
@@ -47,6 +50,12 @@ class ColBERTConfig:
     ``flash_attention_compat`` reproduces FlashAttention's unpadding: positions the attention
     mask hides (query expansion tokens when ``attend_to_expansion_tokens`` is False) come out as
     zero vectors, so a checkpoint trained with FlashAttention scores the same on any backend.
+
+    ``attn_implementation`` is the backbone's attention backend (``"eager"``, ``"sdpa"``,
+    ``"flash_attention_2"``; ``None`` leaves transformers' default), passed to the backbone at
+    load and applied to an in-memory backbone. It is a runtime choice: not part of
+    :meth:`ColBERT.fingerprint`, and a saved ``"flash_attention_2"`` falls back to ``"sdpa"``
+    with a warning where FlashAttention is unavailable (an explicit request is an error there).
     """
 
     query_prefix: str = "[Q] "
@@ -59,8 +68,10 @@ class ColBERTConfig:
     prompts: dict[str, str] = field(default_factory=dict)
     embedding_dim: int = 128
     flash_attention_compat: bool = False
+    attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
+        _check_attn_implementation(type(self).__name__, self.attn_implementation)
         for name in ("query_length", "document_length", "embedding_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -71,25 +82,31 @@ class ColBERTConfig:
         _check_prompts(self.prompts)
 
     def prompt_for(self, role: Role) -> str:
+        """The prompt prepended to ``role`` texts (``""``: none)."""
         return self.prompts.get(role, "")
 
     def prefix_for(self, role: Role) -> str:
+        """The marker token of ``role`` (``[Q] `` / ``[D] ``)."""
         return self.query_prefix if role == "query" else self.document_prefix
 
     def length_for(self, role: Role) -> int:
+        """``query_length`` or ``document_length``."""
         return self.query_length if role == "query" else self.document_length
 
 
 @dataclass
 class DenseConfig:
-    """Settings of a single-vector model (the dense baseline)."""
+    """Settings of a single-vector model (the dense baseline); ``attn_implementation`` as in
+    :class:`ColBERTConfig`."""
 
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
     max_length: int = 256
     prompts: dict[str, str] = field(default_factory=dict)
+    attn_implementation: str | None = None
 
     def __post_init__(self) -> None:
+        _check_attn_implementation(type(self).__name__, self.attn_implementation)
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"DenseConfig.pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if not isinstance(self.max_length, int) or self.max_length < 2:
@@ -97,6 +114,7 @@ class DenseConfig:
         _check_prompts(self.prompts)
 
     def prompt_for(self, role: Role) -> str:
+        """The prompt prepended to ``role`` texts (``""``: none)."""
         return self.prompts.get(role, "")
 
 
@@ -105,3 +123,10 @@ def _check_prompts(prompts: Any) -> None:
         isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
     ):
         raise ValueError(f"prompts must map role names to strings, got {prompts!r}")
+
+
+def _check_attn_implementation(owner: str, value: Any) -> None:
+    if value is not None and value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"{owner}.attn_implementation must be one of {ATTN_IMPLEMENTATIONS} or None, got {value!r}"
+        )

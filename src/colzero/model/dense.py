@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from colzero import __version__
-from colzero.model.base import EncoderBase, TokenizedBatch, check_role, check_texts, load_backbone
+from colzero._version import __version__
+from colzero.model.base import (
+    EncoderBase,
+    TokenizedBatch,
+    apply_attn_implementation,
+    check_role,
+    check_texts,
+    load_backbone,
+    usable_attn_implementation,
+)
 from colzero.model.config import DenseConfig, Role, resolve_config
 from colzero.model.folder import atomic_directory, describe_folder, resolve_model_path, write_json
 from colzero.model.precision import Precision
@@ -21,11 +29,14 @@ from colzero.model.precision import Precision
 class DenseModel(EncoderBase):
     """One vector per text; scores are dot products (cosine when ``normalize``)."""
 
+    config: DenseConfig
+
     def __init__(
         self, backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: DenseConfig | None = None
     ) -> None:
         super().__init__(backbone, tokenizer)
         self.config = config or DenseConfig()
+        apply_attn_implementation(backbone, self.config.attn_implementation)
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token")
 
@@ -51,14 +62,24 @@ class DenseModel(EncoderBase):
             saved["normalize"] = desc.normalize
         if desc.sbert_config.get("max_seq_length"):
             saved["max_length"] = int(desc.sbert_config["max_seq_length"])
+        if attn_implementation is not None:
+            settings["attn_implementation"] = attn_implementation
         config = resolve_config(DenseConfig, settings, saved)
-        backbone, tokenizer = load_backbone(desc, attn_implementation)
+        config.attn_implementation = usable_attn_implementation(
+            config.attn_implementation, settings.get("attn_implementation"), desc.root
+        )
+        backbone, tokenizer = load_backbone(desc, config.attn_implementation)
         model = cls(backbone, tokenizer, config)
         if device is not None:
             model.to(device)
         return model
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, training_record: dict[str, Any] | None = None) -> Path:
+        """Write a sentence-transformers folder (atomically); returns its path.
+
+        ``training_record`` (how the model was trained) goes into the ``colzero`` block of
+        ``config_sentence_transformers.json``.
+        """
         import transformers
 
         path = Path(path)
@@ -108,16 +129,18 @@ class DenseModel(EncoderBase):
                     "similarity_fn_name": "cosine" if cfg.normalize else "dot",
                     "colzero": {
                         **{k: v for k, v in asdict(cfg).items() if k != "prompts"},
-                        **(getattr(self, "training_record", {}) or {}),
+                        **(training_record or {}),
                     },
                 },
             )
         return path
 
     def tokenize_rows(self, texts: list[str], role: Role) -> list[tuple[list[int], list[int]]]:
+        """(input_ids, attention_mask) per text, truncated to ``max_length``."""
         return [(ids, [1] * len(ids)) for ids in self._tokenize_ids(texts, self.config.max_length)]
 
     def tokenize(self, texts: list[str], role: Role, prompt: str | None = None) -> TokenizedBatch:
+        """One padded batch (no sorting), e.g. for training collation."""
         texts = self._with_prompt(list(texts), role, prompt)
         rows = self.tokenize_rows(texts, role)
         return self._pad(

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,15 @@ class FolderDescription:
 
     @property
     def is_multi_vector(self) -> bool:
+        """Whether the folder holds a ColBERT (PyLate / colzero) model."""
         return (
             self.st_config.get("similarity_fn_name") == "MaxSim"
             or self.st_config.get("model_type") == "ColBERT"
         )
 
 
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> Any:
+    """A JSON file's content; a malformed file is a ModelLoadError naming the file and the line."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -159,6 +162,7 @@ def load_linear_weight(dense_dir: Path) -> torch.Tensor:
 
 
 def save_linear(dense_dir: Path, weight: torch.Tensor) -> None:
+    """Write a bias-free linear layer as PyLate's ``Dense`` module folder."""
     dense_dir.mkdir(parents=True, exist_ok=True)
     out_features, in_features = weight.shape
     config = {
@@ -173,11 +177,12 @@ def save_linear(dense_dir: Path, weight: torch.Tensor) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON."""
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str]):
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder next to ``target``; on success it replaces ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -10,38 +10,87 @@ n-way (each query vs its own k candidates). Every function:
 - masks document tokens by filling them with the dtype's minimum before the max, never by
   multiplying by zero (a zero would beat every negative similarity);
 - reduces over query positions in float32, whatever the input dtype (bf16 inputs stay bf16 for
-  the matrix products, which is where the speed is).
+  the matrix products, which is where the speed is). Under ``torch.autocast`` the products run
+  in the autocast dtype (as a plain ``matmul`` would), in the forward and in the backward.
 
 Masked query positions (``queries_mask`` False) contribute 0. A document with no unmasked
 token scores ``-inf``-like (the dtype minimum per query position), so padded candidates never win.
-``torch.max(dim)`` is used rather than ``amax``: its backward keeps only the argmax indices, so
-training through these functions does not store the similarity tensor.
+
+Backward (a custom :class:`torch.autograd.Function` per shape): the forward runs without autograd
+and saves only its inputs (queries, documents, masks: tensors that exist anyway), never a
+similarity chunk or argmax indices. The backward walks the same chunks again, recomputes each
+chunk's similarities and argmax, and turns the chunk into the selection matrix
+``P[(a, i), (b, j)] = g_ab * [j = argmax_j' <q_ai, d_bj'>]`` (in the similarity chunk's own
+buffer), so that
+
+    dL/dq_a = P_a @ D_b        dL/dd_b = P_b^T @ Q_a        (per chunk, summed over chunks)
+
+with ``g_ab = dL/ds(a, b)`` times the query mask. So what is kept for backward does not grow with
+the batch, and the backward's working memory is one similarity chunk (plus the gradients, which
+are accumulated in float32 for half/bf16 inputs and returned in the input dtype). Gradient rules:
+
+- ties: the gradient of ``max_j`` goes to the *first* maximal document token (lowest j), as
+  ``torch.argmax`` returns it;
+- masked query positions and masked document tokens get zero gradient; a fully masked document
+  (which scores the dtype minimum) passes no gradient to the queries or to itself.
+
+No host synchronisation: no ``.item()``, no ``bool(tensor)``, no branch on tensor values, so the
+functions trace under ``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 #: default budget for one chunk's similarity tensor (bytes)
 DEFAULT_BUDGET_BYTES = 2 * 1024**3
 
+#: input dtypes that ``torch.autocast`` lowers for a matrix product
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
 
 def budget_elements(budget_bytes: int, dtype: torch.dtype) -> int:
     """How many similarity elements fit in ``budget_bytes`` (one chunk is filled in place)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return max(1, int(budget_bytes) // itemsize)
+    return max(1, int(budget_bytes) // dtype.itemsize)
 
 
-def _reduce(sim: torch.Tensor, doc_mask: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
-    """sim (..., Lq, K, Ld) masked on Ld, max over Ld, fp32 sum over Lq -> (..., K)."""
-    if not bool(doc_mask.all()):  # skip a full pass over sim when nothing is masked
-        sim = sim.masked_fill_(
-            ~doc_mask, torch.finfo(sim.dtype).min
-        )  # in place: matmul backward does not need it
-    best = sim.max(dim=-1).values  # (..., Lq, K)
+def compute_dtype(queries: torch.Tensor, documents: torch.Tensor) -> torch.dtype:
+    """The dtype of the similarity products: the autocast dtype when autocast is on for the
+    device (and the inputs are eligible), else the promoted input dtype."""
+    device_type = queries.device.type
+    promoted = torch.promote_types(queries.dtype, documents.dtype)
+    if promoted in _AUTOCAST_ELIGIBLE and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return promoted
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _mask_documents_(sim: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
+    """Fill ``sim`` (..., Ld) in place with the dtype minimum where ``doc_mask`` is False."""
+    return sim.masked_fill_(~doc_mask, torch.finfo(sim.dtype).min)
+
+
+def _sum_positions(best: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
+    """best (..., Lq, K) -> float32 sum over unmasked query positions (..., K)."""
     if query_mask is not None:
         best = best.masked_fill(~query_mask.unsqueeze(-1), 0)
     return best.sum(dim=-2, dtype=torch.float32)
+
+
+def _weights(
+    grad: torch.Tensor, query_mask: torch.Tensor | None, doc_has_token: torch.Tensor, lq: int
+) -> torch.Tensor:
+    """g (..., K) -> per-position weights (..., Lq, K): g, zeroed at masked query positions and
+    fully masked documents (``doc_has_token`` broadcastable to (..., K))."""
+    w = (grad * doc_has_token).unsqueeze(-2)
+    if query_mask is None:
+        return w.expand(*grad.shape[:-1], lq, grad.shape[-1])
+    return w * query_mask.unsqueeze(-1)
 
 
 def _check(queries: torch.Tensor, documents: torch.Tensor, documents_mask: torch.Tensor, q_dims: int) -> None:
@@ -57,6 +106,167 @@ def _check(queries: torch.Tensor, documents: torch.Tensor, documents_mask: torch
         )
 
 
+def _nway_step(lq: int, k: int, ld: int, max_elements: int) -> int:
+    return max(1, max_elements // max(1, lq * k * ld))
+
+
+class _NwayMaxSim(torch.autograd.Function):
+    """(B, Lq, D) x (B, K, Ld, D) -> (B, K); chunks over B (module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        queries: torch.Tensor,
+        documents: torch.Tensor,
+        documents_mask: torch.Tensor,
+        queries_mask: torch.Tensor | None,
+        max_elements: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        b, lq, dim = queries.shape
+        _, k, ld, _ = documents.shape
+        step = _nway_step(lq, k, ld, max_elements)
+        out = torch.empty((b, k), dtype=torch.float32, device=queries.device)
+        for s in range(0, b, step):
+            q = queries[s : s + step].to(dtype)
+            d = documents[s : s + step].to(dtype).reshape(q.shape[0], k * ld, dim)
+            sim = torch.bmm(q, d.transpose(1, 2)).view(q.shape[0], lq, k, ld)
+            best = _mask_documents_(sim, documents_mask[s : s + step].unsqueeze(1)).amax(dim=-1)
+            qm = None if queries_mask is None else queries_mask[s : s + step]
+            out[s : s + step] = _sum_positions(best, qm)
+        ctx.save_for_backward(queries, documents, documents_mask, queries_mask)
+        ctx.max_elements, ctx.dtype = max_elements, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        queries, documents, documents_mask, queries_mask = ctx.saved_tensors
+        with torch.autocast(queries.device.type, enabled=False):  # recompute exactly as the forward did
+            grads = _nway_backward(
+                grad_out, queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype,
+                ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            )  # fmt: skip
+        return (*grads, None, None, None, None)
+
+
+def _nway_backward(
+    grad_out: torch.Tensor,
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    documents_mask: torch.Tensor,
+    queries_mask: torch.Tensor | None,
+    max_elements: int,
+    dtype: torch.dtype,
+    need_q: bool,
+    need_d: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    b, lq, dim = queries.shape
+    _, k, ld, _ = documents.shape
+    step = _nway_step(lq, k, ld, max_elements)
+    grad_q = torch.zeros_like(queries) if need_q else None
+    grad_d = torch.zeros_like(documents) if need_d else None
+    has_token = documents_mask.any(dim=-1)  # (B, K)
+    for s in range(0, b, step):
+        q = queries[s : s + step].to(dtype)
+        n = q.shape[0]
+        d = documents[s : s + step].to(dtype).reshape(n, k * ld, dim)
+        sim = torch.bmm(q, d.transpose(1, 2)).view(n, lq, k, ld)
+        index = _mask_documents_(sim, documents_mask[s : s + step].unsqueeze(1)).argmax(dim=-1, keepdim=True)
+        qm = None if queries_mask is None else queries_mask[s : s + step]
+        w = _weights(grad_out[s : s + step], qm, has_token[s : s + step], lq)
+        select = sim.zero_().scatter_(-1, index, w.unsqueeze(-1).to(dtype)).view(n, lq, k * ld)
+        if grad_q is not None:
+            grad_q[s : s + step] = torch.bmm(select, d).to(grad_q.dtype)
+        if grad_d is not None:
+            grad_d[s : s + step] = torch.bmm(select.transpose(1, 2), q).view(n, k, ld, dim).to(grad_d.dtype)
+    return grad_q, grad_d
+
+
+class _AllPairsMaxSim(torch.autograd.Function):
+    """(Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd); chunks over queries and documents (module docstring)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        queries: torch.Tensor,
+        documents: torch.Tensor,
+        documents_mask: torch.Tensor,
+        queries_mask: torch.Tensor | None,
+        max_elements: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        nq, lq, dim = queries.shape
+        nd, ld, _ = documents.shape
+        qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
+        out = torch.empty((nq, nd), dtype=torch.float32, device=queries.device)
+        for qs in range(0, nq, qc):
+            q = queries[qs : qs + qc].to(dtype)
+            flat_q = q.reshape(-1, dim)
+            qm = None if queries_mask is None else queries_mask[qs : qs + qc]
+            for ds in range(0, nd, dc):
+                d = documents[ds : ds + dc].to(dtype)
+                sim = (flat_q @ d.reshape(-1, dim).T).view(q.shape[0], lq, d.shape[0], ld)
+                best = _mask_documents_(sim, documents_mask[ds : ds + dc].view(1, 1, -1, ld)).amax(dim=-1)
+                out[qs : qs + qc, ds : ds + dc] = _sum_positions(best, qm)
+        ctx.save_for_backward(queries, documents, documents_mask, queries_mask)
+        ctx.max_elements, ctx.dtype = max_elements, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        queries, documents, documents_mask, queries_mask = ctx.saved_tensors
+        with torch.autocast(queries.device.type, enabled=False):  # recompute exactly as the forward did
+            grads = _all_pairs_backward(
+                grad_out, queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype,
+                ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            )  # fmt: skip
+        return (*grads, None, None, None, None)
+
+
+def _all_pairs_backward(
+    grad_out: torch.Tensor,
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    documents_mask: torch.Tensor,
+    queries_mask: torch.Tensor | None,
+    max_elements: int,
+    dtype: torch.dtype,
+    need_q: bool,
+    need_d: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    nq, lq, dim = queries.shape
+    nd, ld, _ = documents.shape
+    qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
+    acc_q = _accumulator_dtype(queries.dtype)
+    acc_d = _accumulator_dtype(documents.dtype)
+    grad_q = torch.zeros(queries.shape, dtype=acc_q, device=queries.device) if need_q else None
+    grad_d = torch.zeros(documents.shape, dtype=acc_d, device=documents.device) if need_d else None
+    has_token = documents_mask.any(dim=-1)  # (Nd,)
+    for qs in range(0, nq, qc):
+        q = queries[qs : qs + qc].to(dtype)
+        n = q.shape[0]
+        flat_q = q.reshape(-1, dim)
+        qm = None if queries_mask is None else queries_mask[qs : qs + qc]
+        for ds in range(0, nd, dc):
+            d = documents[ds : ds + dc].to(dtype)
+            m = d.shape[0]
+            flat_d = d.reshape(-1, dim)
+            sim = (flat_q @ flat_d.T).view(n, lq, m, ld)
+            index = _mask_documents_(sim, documents_mask[ds : ds + dc].view(1, 1, -1, ld)).argmax(
+                dim=-1, keepdim=True
+            )
+            w = _weights(grad_out[qs : qs + qc, ds : ds + dc], qm, has_token[ds : ds + dc], lq)
+            select = sim.zero_().scatter_(-1, index, w.unsqueeze(-1).to(dtype)).view(n * lq, m * ld)
+            if grad_q is not None:
+                grad_q[qs : qs + qc] += (select @ flat_d).view(n, lq, dim)
+            if grad_d is not None:
+                grad_d[ds : ds + dc] += (select.T @ flat_q).view(m, ld, dim)
+    return (
+        None if grad_q is None else grad_q.to(queries.dtype),
+        None if grad_d is None else grad_d.to(documents.dtype),
+    )
+
+
 def maxsim_pairwise(
     queries: torch.Tensor,
     documents: torch.Tensor,
@@ -65,7 +275,16 @@ def maxsim_pairwise(
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> torch.Tensor:
-    """Score query i against document i: (B, Lq, D) x (B, Ld, D) -> (B,) float32."""
+    """Score query i against document i: (B, Lq, D) x (B, Ld, D) -> (B,) float32.
+
+    >>> import torch
+    >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # 1 query, 2 token vectors
+    >>> d = torch.tensor([[[0.6, 0.8], [1.0, 0.0]]])  # 1 document, 2 token vectors
+    >>> maxsim_pairwise(q, d, torch.tensor([[True, True]]))  # max(0.6, 1) + max(0.8, 0)
+    tensor([1.8000])
+    >>> maxsim_pairwise(q, d, torch.tensor([[True, False]]))  # the second token is masked
+    tensor([1.4000])
+    """
     _check(queries, documents, documents_mask, 3)
     scores = maxsim_nway(
         queries,
@@ -85,22 +304,19 @@ def maxsim_nway(
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
 ) -> torch.Tensor:
-    """Score each query against its own k candidates: (B, Lq, D) x (B, K, Ld, D) -> (B, K)."""
+    """Score each query against its own k candidates: (B, Lq, D) x (B, K, Ld, D) -> (B, K).
+
+    >>> import torch
+    >>> q = torch.tensor([[[1.0, 0.0]]])  # 1 query of 1 token
+    >>> d = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]], [[0.6, 0.8]]]])  # its 3 candidates
+    >>> maxsim_nway(q, d, torch.ones(1, 3, 1, dtype=torch.bool))
+    tensor([[1.0000, 0.0000, 0.6000]])
+    """
     _check(queries, documents, documents_mask, 3)
-    b, lq, dim = queries.shape
-    _, k, ld, _ = documents.shape
-    per_query = max(1, lq * k * ld)
-    step = max(1, budget_elements(budget_bytes, queries.dtype) // per_query)
-    out = []
-    for s in range(0, b, step):
-        q = queries[s : s + step]
-        d = documents[s : s + step].reshape(q.shape[0], k * ld, dim)
-        sim = torch.bmm(q, d.transpose(1, 2)).view(q.shape[0], lq, k, ld)
-        qm = None if queries_mask is None else queries_mask[s : s + step]
-        out.append(_reduce(sim, documents_mask[s : s + step].unsqueeze(1), qm))
-    if not out:
-        return queries.new_zeros((0, k), dtype=torch.float32)
-    return torch.cat(out)
+    dtype = compute_dtype(queries, documents)
+    return _NwayMaxSim.apply(
+        queries, documents, documents_mask, queries_mask, budget_elements(budget_bytes, dtype), dtype
+    )
 
 
 def all_pairs_chunks(
@@ -127,22 +343,16 @@ def maxsim_all_pairs(
     """Every query against every document: (Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd) float32.
 
     Each chunk is a single matrix product (chunk_q * Lq, D) @ (D, chunk_d * Ld).
+
+    >>> import torch
+    >>> q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 2 queries of 1 token
+    >>> d = torch.tensor([[[1.0, 0.0], [0.0, 0.0]], [[0.6, 0.8], [0.0, 1.0]]])  # 2 documents
+    >>> maxsim_all_pairs(q, d, torch.tensor([[True, False], [True, True]]))
+    tensor([[1.0000, 0.6000],
+            [0.0000, 1.0000]])
     """
     _check(queries, documents, documents_mask, 3)
-    nq, lq, dim = queries.shape
-    nd, ld, _ = documents.shape
-    qc, dc = all_pairs_chunks(nq, nd, lq, ld, budget_elements(budget_bytes, queries.dtype))
-    rows = []
-    for qs in range(0, nq, qc):
-        q = queries[qs : qs + qc]
-        flat_q = q.reshape(-1, dim)
-        qm = None if queries_mask is None else queries_mask[qs : qs + qc]
-        cols = []
-        for ds in range(0, nd, dc):
-            d = documents[ds : ds + dc]
-            sim = (flat_q @ d.reshape(-1, dim).T).view(q.shape[0], lq, d.shape[0], ld)
-            cols.append(_reduce(sim, documents_mask[ds : ds + dc].view(1, 1, -1, ld), qm))
-        rows.append(torch.cat(cols, dim=1) if cols else q.new_zeros((q.shape[0], 0), dtype=torch.float32))
-    if not rows:
-        return queries.new_zeros((0, nd), dtype=torch.float32)
-    return torch.cat(rows, dim=0)
+    dtype = compute_dtype(queries, documents)
+    return _AllPairsMaxSim.apply(
+        queries, documents, documents_mask, queries_mask, budget_elements(budget_bytes, dtype), dtype
+    )

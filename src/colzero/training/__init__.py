@@ -1,0 +1,1 @@
+"""Training: the phase schema, the trainer (one phase, DDP), recipes and their runs."""

@@ -1,299 +1,122 @@
-"""Configuration of one training phase (built from TOML / JSON by the recipe layer or the CLI).
+"""One training phase: ``PhaseConfig`` (with ``OptimConfig``, and the data's ``DataSource`` and the
+losses' ``LossConfig``), the one schema of ``colzero train-phase`` and of a recipe's ``[[phases]]``.
 
-Every class validates itself in ``__post_init__`` with messages that name the field, and
-round-trips through ``from_dict`` / ``to_dict`` (plain JSON/TOML-compatible values).
+Validated settings records (:mod:`colzero.schema`): the same rules and defaults however a phase
+is built: in Python, from a phase file (:func:`load_phase_config`), or inside a recipe
+(:class:`colzero.training.recipe.Recipe` holds a list of them and fills in ``model``,
+``output_dir``, ``model_type`` and the recipe-level ``model_settings`` when it runs a phase).
 
-Batch-size semantics: ``PhaseConfig.batch_size`` is the GLOBAL batch of one forward/backward
-(split across ranks: each of W ranks takes ``batch_size / W`` consecutive rows of the same global
-batch); ``gradient_accumulation`` such batches make one optimizer step. ``max_steps``,
-``log_every``, ``save_every`` and ``eval_every`` count optimizer steps.
+Batch-size semantics: ``batch_size`` is the GLOBAL batch of one forward/backward (split across
+ranks: each of W ranks takes ``batch_size / W`` consecutive rows of the same global batch);
+``gradient_accumulation`` such batches make one optimizer step. ``max_steps``, ``log_every``,
+``save_every`` and ``eval_every`` count optimizer steps.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
 
-FORMATS = ("auto", "jsonl", "parquet", "hf")
-LOSS_KINDS = ("contrastive", "cached_contrastive", "distillation")
-MODEL_TYPES = ("colbert", "dense")
-PRECISIONS = ("auto", "fp32", "bf16")
+from pydantic import Field, field_validator, model_validator
 
-Columns = str | list[str] | None
+from colzero.data.spec import DataSource
+from colzero.losses.config import LossConfig
+from colzero.schema import NonNegativeInt, PathText, PositiveInt, SettingsError, from_dict, settings, to_dict
 
+__all__ = ["DataSource", "LossConfig", "OptimConfig", "PhaseConfig", "load_phase_config"]
 
-def _check_columns(owner: str, name: str, value: Any, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, str) and value:
-        return
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
-        return
-    raise ValueError(
-        f"{owner}.{name} must be a column name or a non-empty list of column names, got {value!r}"
-    )
+STAGES = ("unsupervised", "supervised", "distillation")
+Stage = Literal["unsupervised", "supervised", "distillation"]
+ModelType = Literal["colbert", "dense"]
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise TypeError(f"{where} must be a table/dict, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    return data
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    return value
-
-
-@dataclass
-class DataSource:
-    """One training data source and which columns carry which role.
-
-    Roles are explicit column names, never guessed:
-
-    - ``query``: the query text column (or, with ``queries`` set, ``query_id`` names the id column
-      looked up in the query table).
-    - ``positive``: positive document text(s); a list value uses its FIRST element (contrastive).
-      With ``documents`` set, values are document ids into that table.
-    - ``negatives``: hard negatives (list column, or several columns); ids when ``documents`` is set.
-      ``max_negatives`` caps how many are kept per row (the first ones).
-    - ``candidate_ids`` / ``teacher_scores``: distillation candidates and their teacher scores; a
-      list of column names is concatenated in order (e.g. ``["pos", "neg"]`` with
-      ``["pos_scores", "neg_scores"]``). Candidates are ids when ``documents`` is set, texts otherwise.
-    - ``documents``: a document table (JSONL/Parquet, BEIR ``{_id, title, text}`` or ``{id, text}``);
-      a title is joined to the text as ``title + " " + text``.
-    - ``queries``: a query table of the same shape, used with ``query_id``.
-    """
-
-    name: str
-    path: str
-    format: str = "auto"
-    split: str = "train"
-    weight: float | None = None
-    query: str = "query"
-    positive: Columns = "pos"
-    negatives: Columns = None
-    candidate_ids: Columns = None
-    teacher_scores: Columns = None
-    documents: str | None = None
-    queries: str | None = None
-    query_id: str | None = None
-    max_negatives: int | None = None
-    streaming: bool = False
-
-    def __post_init__(self) -> None:
-        where = f"DataSource {self.name!r}"
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"DataSource.name must be a non-empty string, got {self.name!r}")
-        if not self.path:
-            raise ValueError(f"{where}: path is required")
-        self.path = str(self.path)
-        if self.format not in FORMATS:
-            raise ValueError(f"{where}: format must be one of {FORMATS}, got {self.format!r}")
-        if self.weight is not None and not (isinstance(self.weight, (int, float)) and self.weight > 0):
-            raise ValueError(f"{where}: weight must be a positive number or None, got {self.weight!r}")
-        _check_columns(where, "query", self.query, optional=False)
-        for name in ("positive", "negatives", "candidate_ids", "teacher_scores"):
-            _check_columns(where, name, getattr(self, name))
-        for name in ("positive", "negatives", "candidate_ids", "teacher_scores"):
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                setattr(self, name, list(value))
-        if (self.candidate_ids is None) != (self.teacher_scores is None):
-            raise ValueError(f"{where}: candidate_ids and teacher_scores must be given together")
-        if (
-            isinstance(self.candidate_ids, list)
-            and isinstance(self.teacher_scores, list)
-            and len(self.candidate_ids) != len(self.teacher_scores)
-        ):
-            raise ValueError(
-                f"{where}: candidate_ids {self.candidate_ids} and teacher_scores {self.teacher_scores} "
-                "must list the same number of columns"
-            )
-        if self.queries is not None and self.query_id is None:
-            raise ValueError(f"{where}: a query table (queries=...) needs query_id (the id column)")
-        if self.max_negatives is not None and (
-            not isinstance(self.max_negatives, int) or self.max_negatives < 0
-        ):
-            raise ValueError(
-                f"{where}: max_negatives must be a non-negative integer, got {self.max_negatives!r}"
-            )
-        for name in ("documents", "queries"):
-            if getattr(self, name) is not None:
-                setattr(self, name, str(getattr(self, name)))
-
-    @property
-    def is_distillation(self) -> bool:
-        return self.candidate_ids is not None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataSource:
-        return cls(**_from_dict(cls, data, "DataSource"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-
-@dataclass
+@settings
 class OptimConfig:
     """AdamW with a linear schedule (optional warmup) and grad-norm clipping."""
 
-    learning_rate: float
-    weight_decay: float = 0.0
+    learning_rate: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_ratio: float = 0.0
-    max_grad_norm: float | None = 1.0
+    eps: float = Field(default=1e-8, gt=0)
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
-            raise ValueError(f"OptimConfig.learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"OptimConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"OptimConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        if self.eps <= 0:
-            raise ValueError(f"OptimConfig.eps must be > 0, got {self.eps!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"OptimConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"OptimConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("must be two numbers in [0, 1)")
+        return value
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimConfig:
-        return cls(**_from_dict(cls, data, "OptimConfig"))
+        """Validate a plain table (TOML / JSON)."""
+        return from_dict(cls, data, "OptimConfig")
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        """Plain JSON values (round trip with :meth:`from_dict`)."""
+        return to_dict(self)
 
 
-@dataclass
-class LossConfig:
-    """Which loss and its settings.
-
-    ``n_negatives``: hard negatives per query for contrastive losses (0 = in-batch only; rows with
-    fewer are an error before training). ``n_candidates``: candidates per query for distillation
-    (rows with fewer are an error; extra ones are cut). ``mini_batch_size``: GradCache chunk size
-    (``cached_contrastive`` only; None = the per-rank batch).
-    """
-
-    kind: str = "contrastive"
-    temperature: float = 0.02
-    learnable_temperature: bool = False
-    mini_batch_size: int | None = None
-    n_negatives: int = 0
-    n_candidates: int = 32
-    normalize_scores: bool = True
-
-    def __post_init__(self) -> None:
-        if self.kind not in LOSS_KINDS:
-            raise ValueError(f"LossConfig.kind must be one of {LOSS_KINDS}, got {self.kind!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
-            raise ValueError(f"LossConfig.temperature must be > 0, got {self.temperature!r}")
-        if self.mini_batch_size is not None and (
-            not isinstance(self.mini_batch_size, int) or self.mini_batch_size < 1
-        ):
-            raise ValueError(
-                f"LossConfig.mini_batch_size must be a positive integer, got {self.mini_batch_size!r}"
-            )
-        if not isinstance(self.n_negatives, int) or self.n_negatives < 0:
-            raise ValueError(f"LossConfig.n_negatives must be an integer >= 0, got {self.n_negatives!r}")
-        if not isinstance(self.n_candidates, int) or self.n_candidates < 2:
-            raise ValueError(f"LossConfig.n_candidates must be an integer >= 2, got {self.n_candidates!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LossConfig:
-        return cls(**_from_dict(cls, data, "LossConfig"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
-
-
-@dataclass(kw_only=True)
+@settings(kw_only=True)
 class PhaseConfig:
     """One training phase: start model, data, loss, optimisation, and where to write.
 
-    Keyword-only. ``model`` is a model folder or hub name (ColBERT / dense / plain encoder);
-    ``model_settings`` are ColBERTConfig / DenseConfig overrides (query_length, document_length,
-    prompts, ...) applied at load time. Outputs under ``output_dir``: ``checkpoint/`` (resume
-    state), ``final/`` (the trained model), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``cost.json``,
-    ``phase_config.json``.
+    Keyword-only. ``model`` is the start model (a folder or hub name: ColBERT, dense or plain
+    encoder; in a recipe, set it only to start from another model than the previous phase's
+    output); ``model_settings`` are ColBERTConfig / DenseConfig overrides (query_length,
+    document_length, prompts, ...) applied at load time. Outputs under ``output_dir`` (a recipe
+    sets it to ``RUN/phase-N-name``): ``checkpoints/`` (resume state), ``final/`` (the trained
+    model), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``cost.json``, ``phase_config.json``.
+
+    ``stage``, ``description`` and ``evaluate`` matter to recipes (phase order, model card,
+    whether the recipe's evaluation sets are run on this phase's output). ``eval_every`` runs the
+    trainer's evaluation hook every so many steps on ``eval_datasets``.
     """
 
-    name: str
-    model: str
-    output_dir: str
-    sources: list[DataSource]
-    batch_size: int
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=1e-5))
-    model_type: str = "colbert"
-    model_settings: dict[str, Any] = field(default_factory=dict)
-    gradient_accumulation: int = 1
-    epochs: int = 1
-    max_steps: int | None = None
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    sources: list[DataSource] = Field(min_length=1)
+    batch_size: PositiveInt
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(learning_rate=1e-5))
+    model: PathText | None = None
+    output_dir: PathText | None = None
+    model_type: ModelType = "colbert"
+    model_settings: dict[str, Any] = Field(default_factory=dict)
+    stage: Stage | None = None
+    description: str | None = None
+    gradient_accumulation: PositiveInt = 1
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = None
     seed: int = 42
-    precision: str = "auto"
-    log_every: int = 10
-    save_every: int | None = 100
-    eval_every: int | None = None
-    eval_datasets: list[str] = field(default_factory=list)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    log_every: PositiveInt = 10
+    #: optimizer steps between checkpoints (a killed run resumes from the last one)
+    save_every: PositiveInt | None = 500
+    keep_checkpoints: PositiveInt = 2
+    eval_every: PositiveInt | None = None
+    eval_datasets: list[str] = Field(default_factory=list)
+    #: recipes: evaluate this phase's output on the recipe's evaluation sets (the last phase always is)
+    evaluate: bool = True
     drop_last: bool = True
+    #: DataLoader worker processes that read and tokenise batches (0: on the training thread)
+    num_workers: NonNegativeInt = 2
+    data_cache: PathText | None = None
 
-    _POSITIVE: ClassVar[tuple[str, ...]] = ("batch_size", "gradient_accumulation", "epochs", "log_every")
-
-    def __post_init__(self) -> None:
-        where = f"PhaseConfig {self.name!r}"
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"PhaseConfig.name must be a non-empty string, got {self.name!r}")
-        if not self.model:
-            raise ValueError(f"{where}: model (start model path or name) is required")
-        if not self.output_dir:
-            raise ValueError(f"{where}: output_dir is required")
-        self.model = str(self.model)
-        self.output_dir = str(self.output_dir)
-        if not isinstance(self.sources, (list, tuple)) or not self.sources:
-            raise ValueError(f"{where}: sources must be a non-empty list of data sources")
-        self.sources = [s if isinstance(s, DataSource) else DataSource.from_dict(s) for s in self.sources]
+    @model_validator(mode="after")
+    def _coherent(self) -> PhaseConfig:
+        where = f"phase {self.name!r}"
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"{where}: duplicate source names {dupes}")
-        if isinstance(self.loss, dict):
-            self.loss = LossConfig.from_dict(self.loss)
-        if isinstance(self.optim, dict):
-            self.optim = OptimConfig.from_dict(self.optim)
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"{where}: model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-        if not isinstance(self.model_settings, dict):
-            raise ValueError(f"{where}: model_settings must be a table/dict, got {self.model_settings!r}")
-        for name in self._POSITIVE:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
-        for name in ("max_steps", "save_every", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{where}: {name} must be a positive integer or None, got {value!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {self.precision!r}")
         distill = self.loss.kind == "distillation"
+        if self.stage == "distillation" and not distill:
+            raise ValueError(f"{where}: a distillation phase needs loss.kind = 'distillation'")
+        if self.stage not in (None, "distillation") and distill:
+            raise ValueError(f"{where}: a {self.stage} phase cannot use loss.kind = 'distillation'")
         for s in self.sources:
             if distill and not s.is_distillation:
                 raise ValueError(
@@ -307,54 +130,28 @@ class PhaseConfig:
                 raise ValueError(
                     f"{where}: loss.n_negatives={self.loss.n_negatives} but source {s.name!r} has no negatives column"
                 )
-        if self.loss.kind == "cached_contrastive" and self.loss.mini_batch_size is None:
-            self.loss.mini_batch_size = self.batch_size
-        self.eval_datasets = list(self.eval_datasets)
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PhaseConfig:
-        data = dict(_from_dict(cls, data, "PhaseConfig"))
-        data["sources"] = [DataSource.from_dict(s) for s in data.get("sources", [])] or data.get("sources")
-        if "loss" in data:
-            data["loss"] = LossConfig.from_dict(data["loss"])
-        if "optim" in data:
-            data["optim"] = OptimConfig.from_dict(data["optim"])
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in data
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]  # type: ignore[misc]
-        if missing:
-            raise ValueError(f"PhaseConfig: missing required key(s) {missing}")
-        return cls(**data)
+        """Validate a plain table (TOML / JSON)."""
+        return from_dict(cls, data, "PhaseConfig")
 
     def to_dict(self) -> dict[str, Any]:
-        out = _plain(self)
-        out.pop("_POSITIVE", None)
-        # TOML has no null: drop None values so to_dict() output can be written as TOML too
-        return _drop_none(out)
+        """Plain JSON values (round trip with :meth:`from_dict`)."""
+        return to_dict(self)
 
     @property
     def samples_per_step(self) -> int:
+        """Examples in one optimizer step: ``batch_size * gradient_accumulation``."""
         return self.batch_size * self.gradient_accumulation
 
 
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
+def load_phase_config(path: str | Path) -> PhaseConfig:
+    """Read a PhaseConfig from a .toml or .json file (a ``[phase]`` table is unwrapped if present).
 
-
-def load_phase_config(path: str) -> PhaseConfig:
-    """Read a PhaseConfig from a .toml or .json file (a ``[phase]`` table is unwrapped if present)."""
-    import json
-    import tomllib
-    from pathlib import Path
-
+    Errors name the file and the key path (``phase.toml: loss.temperature: must be > 0``).
+    """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: phase config file not found")
@@ -362,10 +159,7 @@ def load_phase_config(path: str) -> PhaseConfig:
     try:
         data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{p}: cannot parse ({exc})") from exc
+        raise SettingsError(f"{p}: cannot parse ({exc})") from exc
     if "phase" in data and isinstance(data["phase"], dict) and len(data) == 1:
         data = data["phase"]
-    try:
-        return PhaseConfig.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{p}: {exc}") from exc
+    return from_dict(PhaseConfig, data, str(p))

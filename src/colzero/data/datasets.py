@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -20,15 +19,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from colzero.data.readers import (
+    DataError,
+    document_text,
+    iter_documents,
+    iter_jsonl,
+    iter_tsv,
+    row_id,
+    text_field,
+)
+
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
-    """A dataset file is missing, malformed or inconsistent."""
+#: the one input error type of colzero (a dataset file is missing, malformed or inconsistent)
+DatasetError = DataError
 
 
 @dataclass
 class RetrievalDataset:
+    """A retrieval test set: corpus (ids, texts), queries (ids, texts) and graded qrels."""
+
     name: str
     corpus_ids: list[str]
     corpus_texts: list[str]
@@ -87,9 +98,8 @@ class RetrievalDataset:
         )
 
 
-def doc_text(title: Any, text: Any) -> str:
-    """BEIR's document string: ``title + " " + text``, stripped."""
-    return (str(title or "") + " " + str(text or "")).strip()
+#: BEIR's document string, the same everywhere in colzero (training, evaluation, index)
+doc_text = document_text
 
 
 # ---------------------------------------------------------------------- assembly
@@ -110,7 +120,9 @@ def _assemble(
     seen: dict[str, str] = {}
     for doc_id, text, where in corpus:
         if doc_id in seen:
-            raise DatasetError(f"{where}: duplicate document id {doc_id!r} (first at {seen[doc_id]})")
+            raise DatasetError(
+                f"{where}: field '_id': duplicate document id {doc_id!r} (first at {seen[doc_id]})"
+            )
         seen[doc_id] = where
         corpus_ids.append(doc_id)
         corpus_texts.append(text)
@@ -120,7 +132,7 @@ def _assemble(
     qseen: dict[str, str] = {}
     for qid, text, where in queries:
         if qid in qseen:
-            raise DatasetError(f"{where}: duplicate query id {qid!r} (first at {qseen[qid]})")
+            raise DatasetError(f"{where}: field '_id': duplicate query id {qid!r} (first at {qseen[qid]})")
         qseen[qid] = where
         query_text[qid] = text
     qrels: dict[str, dict[str, int]] = {}
@@ -175,32 +187,13 @@ def _assemble(
 
 
 def _read_jsonl(path: Path, kind: str) -> Iterator[tuple[str, str, str]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{where}: expected a JSON object")
-            raw_id = obj.get("_id", obj.get("id"))
-            if raw_id is None or str(raw_id) == "":
-                raise DatasetError(f"{where}: field '_id' is missing or empty")
-            text = obj.get("text")
-            if text is not None and not isinstance(text, str):
-                raise DatasetError(f"{where}: field 'text' must be a string")
-            title = obj.get("title")
-            if title is not None and not isinstance(title, str):
-                raise DatasetError(f"{where}: field 'title' must be a string")
-            if kind == "corpus":
-                yield str(raw_id), doc_text(title, text), where
-            else:
-                if text is None:
-                    raise DatasetError(f"{where}: field 'text' is missing")
-                yield str(raw_id), text, where
+    """(id, text, where) of a BEIR corpus (text = title + " " + text) or queries file."""
+    if kind == "corpus":
+        for doc in iter_documents(path):
+            yield doc.id, doc.text, doc.where
+        return
+    for where, row in iter_jsonl(path):
+        yield row_id(row, where), text_field(row, "text", where), where
 
 
 def _parse_score(value: str, where: str) -> int:
@@ -218,56 +211,47 @@ def _parse_score(value: str, where: str) -> int:
 
 def _read_qrels(path: Path) -> Iterator[tuple[str, str, int, str]]:
     """BEIR TSV (``query-id corpus-id score`` with optional header) or TREC (``qid Q0 did rel``)."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            parts = line.split("\t") if "\t" in line else line.split()
-            if lineno == 1 and parts and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(parts) == 3:
-                qid, did, score = parts
-            elif len(parts) == 4:
-                qid, _, did, score = parts
-            else:
-                raise DatasetError(
-                    f"{where}: expected 3 fields (query-id, corpus-id, score) or 4 (TREC), got {len(parts)}"
-                )
-            qid, did = qid.strip(), did.strip()
-            if not qid:
-                raise DatasetError(f"{where}: field 'query-id' is empty")
-            if not did:
-                raise DatasetError(f"{where}: field 'corpus-id' is empty")
-            yield qid, did, _parse_score(score.strip(), where), where
+    for n, (where, parts) in enumerate(iter_tsv(path)):
+        if len(parts) == 1:
+            parts = parts[0].split()
+        if n == 0 and parts and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue
+        if len(parts) == 3:
+            qid, did, score = parts
+        elif len(parts) == 4:
+            qid, _, did, score = parts
+        else:
+            raise DatasetError(
+                f"{where}: expected 3 fields (query-id, corpus-id, score) or 4 (TREC), got {len(parts)}"
+            )
+        qid, did = qid.strip(), did.strip()
+        if not qid:
+            raise DatasetError(f"{where}: field 'query-id' is empty")
+        if not did:
+            raise DatasetError(f"{where}: field 'corpus-id' is empty")
+        yield qid, did, _parse_score(score.strip(), where), where
 
 
 def _read_tsv(path: Path, kind: str) -> Iterator[tuple[str, str, str]]:
     """MS MARCO ``id<TAB>text`` (or ``id<TAB>title<TAB>text`` for collections)."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            parts = line.split("\t")
-            if len(parts) == 2:
-                row_id, text = parts
-                title = ""
-            elif len(parts) == 3 and kind == "corpus":
-                row_id, title, text = parts
-            else:
-                raise DatasetError(f"{where}: expected 'id<TAB>text', got {len(parts)} fields")
-            if not row_id.strip():
-                raise DatasetError(f"{where}: field 'id' is empty")
-            yield row_id.strip(), doc_text(title, text) if kind == "corpus" else text, where
+    for where, parts in iter_tsv(path):
+        if len(parts) == 2:
+            row_id_, text = parts
+            title = ""
+        elif len(parts) == 3 and kind == "corpus":
+            row_id_, title, text = parts
+        else:
+            raise DatasetError(f"{where}: expected 'id<TAB>text', got {len(parts)} fields")
+        if not row_id_.strip():
+            raise DatasetError(f"{where}: field 'id' is empty")
+        yield row_id_.strip(), document_text(title, text) if kind == "corpus" else text, where
 
 
 # ---------------------------------------------------------------------- loaders
 
 
 def load_beir(path: str | os.PathLike[str], split: str = "test", name: str | None = None) -> RetrievalDataset:
+    """A BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``) as a dataset."""
     root = Path(path)
     corpus, queries = root / "corpus.jsonl", root / "queries.jsonl"
     qrels = root / "qrels" / f"{split}.tsv"

@@ -1,0 +1,46 @@
+"""``LossConfig``: which loss a phase trains with, and its settings.
+
+The loss classes are found by ``kind`` in :data:`colzero.losses.registry.LOSSES`; each reads the
+fields it uses in its ``from_config``. Like every validated settings record it needs pydantic, which
+importing the losses themselves does not (a training machine imports them with torch alone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from colzero.losses.base import LossKind
+from colzero.schema import NonNegativeInt, PositiveInt, from_dict, settings, to_dict
+
+
+@settings
+class LossConfig:
+    """Which loss and its settings.
+
+    ``temperature``: tau of the contrastive losses (scores are divided by it);
+    ``learnable_temperature`` makes ``log(tau)`` a parameter. ``mini_batch_size``: GradCache chunk
+    size (``cached_contrastive`` only; None = one chunk per rank's batch). ``n_negatives``: hard
+    negatives per query for the contrastive losses (0 = in-batch only; rows with fewer are an error
+    before training). ``n_candidates``: candidates per query for distillation (rows with fewer are
+    an error; extra ones are cut). ``normalize_scores``: min-max normalise the student's scores per
+    query before the distillation softmax (as PyLate).
+    """
+
+    kind: LossKind = "contrastive"
+    temperature: float = Field(default=0.02, gt=0)
+    learnable_temperature: bool = False
+    mini_batch_size: PositiveInt | None = None
+    n_negatives: NonNegativeInt = 0
+    n_candidates: int = Field(default=32, ge=2, strict=True)
+    normalize_scores: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LossConfig:
+        """Validate a plain table (TOML / JSON)."""
+        return from_dict(cls, data, "LossConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (round trip with :meth:`from_dict`)."""
+        return to_dict(self)
