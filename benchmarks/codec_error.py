@@ -56,13 +56,21 @@ def main() -> int:
     gap = float(np.median(ranked[:, 9] - ranked[:, 10]))
     rng = np.random.default_rng(0)
     sample = docs[rng.choice(len(docs), min(len(docs), 250_000), replace=False)]
+    dim = docs.shape[1]
     codecs = {
-        "pq (default)": PQResidualCodec.train(sample, args.centroids),
-        "scalar 2-bit": ResidualCodec.train(sample, args.centroids, 2),
-        "scalar 4-bit": ResidualCodec.train(sample, args.centroids, 4),
+        f"pq {dim // 4} B": lambda: PQResidualCodec.train(
+            sample, args.centroids, bytes_per_residual=dim // 4
+        ),
+        f"pq {dim // 2} B": lambda: PQResidualCodec.train(
+            sample, args.centroids, bytes_per_residual=dim // 2
+        ),
+        f"pq {dim} B": lambda: PQResidualCodec.train(sample, args.centroids, bytes_per_residual=dim),
+        "scalar 2-bit": lambda: ResidualCodec.train(sample, args.centroids, 2),
+        "scalar 4-bit": lambda: ResidualCodec.train(sample, args.centroids, 4),
     }
     rows, result = [], {"median_gap_rank10_rank11": gap, "median_top_score": float(np.median(ranked[:, 0]))}
-    for name, codec in codecs.items():
+    for name, train in codecs.items():
+        codec = train()
         codes, packed = codec.compress(docs)
         approx = codec.decompress(codes, packed)
         scores = maxsim_scores(queries, approx, starts)

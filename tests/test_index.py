@@ -99,7 +99,7 @@ def test_codec_roundtrip_and_sizes(tmp_path):
 def test_roundtrip_search(built, model):
     path, docs = built
     idx = Index.load(path, model)
-    assert len(idx) == 300 and idx.stats()["nbits"] == 2 and idx.stats()["codec"] == "pq"
+    assert len(idx) == 300 and idx.stats()["nbits"] == 4 and idx.stats()["codec"] == "pq"
     res = idx.search(["quick brown fox", "late interaction retrieval"], k=5)
     assert len(res) == 2 and all(len(r) == 5 for r in res)
     assert all(r[i][1] >= r[i + 1][1] for r in res for i in range(4))
@@ -155,21 +155,41 @@ def test_add_and_delete(built, model, tmp_path):
     assert again.add([("d0", "the quick brown fox")]) == 1 and len(again) == 301
 
 
-def test_injected_failure_keeps_previous_index(built, model, tmp_path):
+def fail_after_chunks(monkeypatch, n: int) -> None:
+    """Make the segment writer raise when asked to write its (n + 1)-th chunk."""
+    from colzero.index.storage import SegmentWriter
+
+    original = SegmentWriter.write
+    calls = {"n": 0}
+
+    def write(self, vectors):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise RuntimeError("injected failure (test)")
+        return original(self, vectors)
+
+    monkeypatch.setattr(SegmentWriter, "write", write)
+
+
+def test_injected_failure_keeps_previous_index(built, model, tmp_path, monkeypatch):
     import shutil
 
     path = tmp_path / "copy"
     shutil.copytree(built[0], path)
     idx = Index.load(path, model)
     before = idx.search(["quick brown fox"], k=5)
-    with pytest.raises(RuntimeError, match="injected"):
-        idx.add([("n" + d, t) for d, t in corpus(50, seed=5)], chunk_size=10, _fail_after_chunks=2)
+    with monkeypatch.context() as m:
+        fail_after_chunks(m, 2)
+        with pytest.raises(RuntimeError, match="injected"):
+            idx.add([("n" + d, t) for d, t in corpus(50, seed=5)], chunk_size=10)
     after = Index.load(path, model)
     assert len(after) == 300 and after.search(["quick brown fox"], k=5) == before
     assert not [p for p in path.iterdir() if p.name.startswith(".seg-")]
     # a failed rebuild over an existing index leaves it intact
-    with pytest.raises(RuntimeError, match="injected"):
-        Index.build(model, corpus(50), path, chunk_size=10, _fail_after_chunks=2)
+    with monkeypatch.context() as m:
+        fail_after_chunks(m, 2)
+        with pytest.raises(RuntimeError, match="injected"):
+            Index.build(model, corpus(50), path, chunk_size=10)
     assert len(Index.load(path, model)) == 300
 
 

@@ -1,11 +1,11 @@
 """Index.search (vectorised) equals a slow, per-document reference of its three stages.
 
 The reference reads each segment's files itself, decodes residuals in float64 (scalar codec: bit
-by bit; PQ codec: one sub-centroid per byte) and
-walks documents one by one: stage 1 (probe-only centroid MaxSim over the documents holding a
-probed centroid), stage 2 (centroid-only MaxSim over every token code of the pool), stage 3
-(MaxSim on the decompressed, normalised vectors). Ties are broken by the smaller pid, as in
-``Index.search``.
+by bit; PQ codec: one sub-centroid per byte) and walks documents one by one: stage 1 (probe-only
+centroid MaxSim over the live documents holding a probed centroid, filled up with the other live
+documents in pid order when they are fewer than the pool), stage 2 (centroid-only MaxSim over every token code of the pool),
+stage 3 (MaxSim on the decompressed, normalised vectors). Ties are broken by the smaller pid, as
+in ``Index.search``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _documents(idx: Index) -> list[tuple[np.ndarray, np.ndarray]]:
     """(codes, packed residuals) of every pid, read from the segment files."""
     out = []
     for seg in idx.segments:
-        folder = idx.path / seg["name"]
+        folder = idx.path / seg.name
         codes = np.load(folder / "codes.npy")
         res = np.load(folder / "residuals.npy")
         start = 0
@@ -70,16 +70,22 @@ def reference_search(idx: Index, q: np.ndarray, cs: np.ndarray, k: int, nprobe: 
     probes = [np.argsort(-row, kind="stable")[:nprobe] for row in cs]
     floor = [float(row[p].min()) for row, p in zip(cs, probes, strict=True)]
     probed = set(np.concatenate(probes).tolist())
-    # stage 1: live documents that hold a probed centroid
+    # stage 1: live documents that hold a probed centroid, ranked; then the other live documents in
+    # pid order when they are too few
     approx = {}
+    unlisted = []
     for pid, (codes, _) in enumerate(docs):
-        present = set(codes.tolist())
-        if idx.deleted[pid] or not (present & probed):
+        present = set(codes.tolist()) & probed
+        if idx.deleted[pid]:
+            continue
+        if not present:
+            unlisted.append(pid)
             continue
         approx[pid] = sum(
             max([float(cs[i, c]) for c in probes[i] if c in present], default=floor[i]) for i in range(len(q))
         )
-    pool = _best(approx, ncandidates * idx.settings.prefilter_factor)
+    n_pool = ncandidates * idx.settings.prefilter_factor
+    pool = (_best(approx, n_pool) + unlisted)[:n_pool]
     if not pool:
         return [], []
     # stage 2: every token code of the pooled documents

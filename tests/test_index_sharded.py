@@ -25,7 +25,8 @@ import torch.multiprocessing as mp
 HERE = Path(__file__).resolve().parent
 WORLD = 2
 N_DOCS = 40
-BUILD = {"chunk_size": 16, "store_texts": True, "kmeans_niter": 4}  # chunk 2 spans both shards
+# chunk 2 spans both shards; the codec is trained on the first chunk's documents
+BUILD = {"chunk_size": 16, "kmeans_documents": 16, "store_texts": True, "kmeans_niter": 4}
 QUERIES = ["quick brown fox", "late interaction retrieval", "protein paper who wrote", "neural network loss"]
 
 
@@ -72,10 +73,24 @@ def _worker(rank: int, ports: tuple[int, int], corpus: str, out: str) -> None:
         build_sharded(model, corpus, Path(out) / "fp32", shard_dtype="float32", device="cpu", **BUILD)
         report["kept"] = dist.is_initialized()
         # 3. rank 0 fails while building over the existing index: every rank raises
+        from colzero.index.storage import SegmentWriter
+
+        original = SegmentWriter.write
+        calls = []
+
+        def failing_write(self, vectors):  # the fault is injected here, not through the API
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("injected failure (test)")
+            return original(self, vectors)
+
+        SegmentWriter.write = failing_write
         try:
-            build_sharded(model, corpus, Path(out) / "fp16", device="cpu", _fail_after_chunks=1, **BUILD)
+            build_sharded(model, corpus, Path(out) / "fp16", device="cpu", **BUILD)
         except RuntimeError as exc:
             report["failure"] = str(exc)
+        finally:
+            SegmentWriter.write = original
     finally:
         dist.destroy_process_group()
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))
@@ -86,7 +101,7 @@ def sharded(tmp_path_factory):
     from conftest import make_colbert
 
     from colzero.index import Index, iter_documents
-    from colzero.index.plaid import _encode_docs
+    from colzero.index.build import encode_documents
 
     root = tmp_path_factory.mktemp("sharded")
     corpus = root / "corpus.jsonl"
@@ -103,7 +118,7 @@ def sharded(tmp_path_factory):
     # the shards store: the codec is trained on the first chunk, which is kept in float32)
     texts = [t for _, t in iter_documents(corpus)]
     step = BUILD["chunk_size"]
-    vecs = [v for i in range(0, N_DOCS, step) for v in _encode_docs(model, texts[i : i + step], 32)]
+    vecs = [v for i in range(0, N_DOCS, step) for v in encode_documents(model, texts[i : i + step], 32)]
     fp16 = vecs[:step] + [v.astype(np.float16) for v in vecs[step:]]
     ref16 = Index.build(model, str(corpus), root / "ref16", embeddings=fp16, **BUILD)
     while not workers.join():
@@ -124,7 +139,7 @@ def _same_index(ref, got, centroid_atol: float = 1e-5, score_atol: float = 1e-4,
             np.load(got.path / name), np.load(ref.path / name), atol=centroid_atol, err_msg=name
         )
     assert np.mean(got.codes == ref.codes) >= 0.99
-    res_got, res_ref = (np.asarray(i.segments[0]["residuals"]) for i in (got, ref))
+    res_got, res_ref = (np.asarray(i.segments[0].residuals) for i in (got, ref))
     assert np.mean(res_got == res_ref) >= 0.99  # packed bytes
     for a, b in zip(ref.search(QUERIES, k=5), got.search(QUERIES, k=5), strict=True):
         if top_k_overlap == 1.0:
@@ -162,16 +177,17 @@ def test_failed_sharded_build_keeps_previous_index(sharded):
 
 
 def test_shard_helpers(tmp_path):
-    from colzero.index.sharded import ShardEmbeddings, _count_documents, shard_documents
+    from colzero.index.documents import count_documents
+    from colzero.index.sharded import ShardEmbeddings, shard_documents
 
     corpus = tmp_path / "c.jsonl"
     _write_corpus(corpus)
-    assert _count_documents(str(corpus)) == N_DOCS
+    assert count_documents(str(corpus)) == N_DOCS
     assert [d for d, _ in shard_documents(corpus, 7, 10)] == ["d7", "d8", "d9"]
     pairs = [(f"x{i}", "t") for i in range(5)]
     assert [d for d, _ in shard_documents(pairs, 3, 5)] == ["x3", "x4"]
     with pytest.raises(TypeError, match="sequence"):
-        _count_documents(iter(pairs))
+        count_documents(iter(pairs))
     rng = np.random.default_rng(0)
     docs = [rng.normal(size=(int(n), 4)).astype(np.float32) for n in (3, 1, 2, 5)]
     for r, (head, rest) in enumerate(((docs[:1], docs[1:3]), ([], docs[3:]))):

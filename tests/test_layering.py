@@ -35,9 +35,7 @@ ORDER = (
 
 #: private cross-module imports inside index/ that the index split (issue 14, item 4) removes;
 #: delete an entry as soon as its module imports public names only
-PENDING_PRIVATE: set[tuple[str, str]] = {
-    ("colzero.index.sharded", "colzero.index.plaid"),
-}
+PENDING_PRIVATE: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,10 @@ def server(tmp_path_factory):
 
     model = make_colbert()
     rng = np.random.default_rng(0)
-    docs = [(f"d{i}", " ".join(rng.choice(WORDS, rng.integers(4, 16)))) for i in range(150)]
+    docs = [
+        {"_id": f"d{i}", "text": " ".join(rng.choice(WORDS, rng.integers(4, 16))), "group": i % 10}
+        for i in range(150)
+    ]
     idx = Index.build(model, docs, tmp_path_factory.mktemp("srv") / "idx", chunk_size=100)
     limits = ServeLimits(max_k=50, max_queries=4, max_chars=200, max_body_bytes=4096, batch_wait_ms=5)
     app = create_app(idx, limits=limits)
@@ -118,3 +121,40 @@ def test_concurrent_requests_are_batched(server):
     batches = stats["batches"] - before["batches"]
     assert stats["queries"] - before["queries"] == 40
     assert batches < 40  # some requests shared a batch
+
+
+def test_search_filter_and_fields(server):
+    """A filter keeping 10% of the documents still gives k hits, all matching, as Index.search."""
+    client, idx, _ = server
+    body = {
+        "queries": ["quick brown fox", "protein paper"],
+        "k": 8,
+        "filter": {"group": 3},
+        "fields": ["group"],
+    }
+    r = client.post("/search", json=body)
+    assert r.status_code == 200, r.text
+    expected = idx.search(body["queries"], k=8, filter={"group": 3})
+    for hits, exp in zip(r.json()["results"], expected, strict=True):
+        assert [h["id"] for h in hits] == [d for d, _ in exp] and len(hits) == 8
+        assert all(h["fields"] == {"group": 3} for h in hits)
+    plain = client.post("/search", json={"query": "fox", "k": 2}).json()["results"][0]
+    assert all("fields" not in h for h in plain)
+    bad = client.post("/search", json={"query": "fox", "filter": {"group": {"$gt": 1}}})
+    assert bad.status_code == 422 and "filter" in bad.text
+
+
+def test_concurrent_requests_with_different_filters(server):
+    client, idx, _ = server
+
+    def one(i):
+        flt = {"group": i % 3}
+        return flt, client.post("/search", json={"query": "late interaction", "k": 3, "filter": flt})
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(12)))
+    for flt, r in results:
+        assert r.status_code == 200
+        assert [h["id"] for h in r.json()["results"][0]] == [
+            d for d, _ in idx.search(["late interaction"], k=3, filter=flt)[0]
+        ]

@@ -14,8 +14,9 @@ def load_index_model(name: str | None, index_path: str | None = None):
     if name is None and index_path is not None:
         from pathlib import Path
 
-        meta = json.loads((Path(index_path) / "metadata.json").read_text())
-        name = meta.get("model_name")
+        from colzero.index.storage import read_metadata
+
+        name = read_metadata(Path(index_path)).get("model_name")
         if not name:
             raise ValueError(f"{index_path}: no model recorded in metadata.json; pass --model")
     return load_model(name).eval()
@@ -30,11 +31,15 @@ def _build(args: argparse.Namespace) -> int:
     kwargs = {
         "codec": args.codec,
         "nbits": args.nbits,
+        "residual_bytes": args.residual_bytes,
         "n_centroids": args.centroids,
         "chunk_size": args.chunk_size,
         "batch_size": args.batch_size,
         "store_texts": args.store_texts,
-        "settings": SearchSettings(nprobe=args.nprobe, ncandidates=args.ncandidates),
+        "store_fields": not args.no_store_fields,
+        "settings": SearchSettings(
+            **{k: v for k, v in (("nprobe", args.nprobe), ("ncandidates", args.ncandidates)) if v is not None}
+        ),
         "model_name": args.model,
     }
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank encodes a shard
@@ -79,16 +84,35 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from colzero.index import Index
+    from colzero.index import Index, parse_filter
 
+    flt = parse_filter(args.filter) if args.filter is not None else None
     idx = Index.load(args.index, load_index_model(args.model, args.index))
     results = idx.search(
-        list(args.query), k=args.k, nprobe=args.nprobe, ncandidates=args.ncandidates, rerank=args.rerank
+        list(args.query),
+        k=args.k,
+        nprobe=args.nprobe,
+        ncandidates=args.ncandidates,
+        rerank=args.rerank,
+        filter=flt,
     )
     for q, hits in zip(args.query, results, strict=True):
-        json.dump({"query": q, "results": [{"id": d, "score": round(s, 4)} for d, s in hits]}, sys.stdout)
+        stored = idx.fields([d for d, _ in hits], args.fields) if args.fields else [{}] * len(hits)
+        rows = [
+            {"id": d, "score": round(s, 4), **{n: _snippet(v, args.snippet) for n, v in f.items()}}
+            for (d, s), f in zip(hits, stored, strict=True)
+        ]
+        json.dump({"query": q, "results": rows}, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
     return 0
+
+
+def _snippet(value, length: int):
+    """Strings cut to ``length`` characters (at a word boundary, with an ellipsis)."""
+    if not isinstance(value, str) or length <= 0 or len(value) <= length:
+        return value
+    cut = value[:length].rsplit(" ", 1)[0] or value[:length]
+    return cut + "…"
 
 
 BUILD_DESCRIPTION = """\
@@ -122,18 +146,31 @@ def register(subparsers) -> None:
         "--codec",
         choices=("pq", "scalar"),
         default="pq",
-        help="residual codec: pq (default, faiss product quantisation, dim/4 bytes per vector) or "
+        help="residual codec: pq (default, faiss product quantisation, --residual-bytes per vector) or "
         "scalar (ColBERTv2's per-value buckets, --nbits 2 or 4)",
     )
     b.add_argument("--nbits", type=int, choices=(2, 4), default=None, help="scalar codec only (default 2)")
+    b.add_argument(
+        "--residual-bytes",
+        type=int,
+        default=None,
+        help="pq codec only: bytes per token residual (default dim / 2, e.g. 64 for 128-d vectors: "
+        "66 B per token with the centroid id; dim gives near-exact scores, dim / 4 the smallest index)",
+    )
     b.add_argument(
         "--centroids", type=int, default=None, help="default: PLAID's 2**floor(log2(16 sqrt(#tokens)))"
     )
     b.add_argument("--chunk-size", type=int, default=4096)
     b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--nprobe", type=int, default=4)
-    b.add_argument("--ncandidates", type=int, default=256)
+    b.add_argument("--nprobe", type=int, default=None, help="search default stored with the index")
+    b.add_argument("--ncandidates", type=int, default=None, help="search default stored with the index")
     b.add_argument("--store-texts", action="store_true", help="keep texts (enables rerank=exact)")
+    b.add_argument(
+        "--no-store-fields",
+        action="store_true",
+        help="do not keep the corpus rows' JSON fields (title, text, metadata): no --filter, no "
+        "titles or snippets in search results",
+    )
     b.add_argument(
         "--shard-dtype",
         choices=("float16", "float32"),
@@ -168,4 +205,19 @@ def register(subparsers) -> None:
     q.add_argument("--nprobe", type=int, default=None)
     q.add_argument("--ncandidates", type=int, default=None)
     q.add_argument("--rerank", choices=("exact",), default=None)
+    q.add_argument(
+        "--filter",
+        default=None,
+        metavar="JSON",
+        help='only documents whose stored fields match, e.g. \'{"year": 2020, "source": ["a", "b"]}\' '
+        '(all fields must match; a list means any of; null means missing; "_id" is the id)',
+    )
+    q.add_argument(
+        "--fields",
+        nargs="*",
+        default=["title", "text"],
+        metavar="NAME",
+        help="stored fields to print with each hit (default: title text; --fields alone: none)",
+    )
+    q.add_argument("--snippet", type=int, default=200, help="cut printed strings to N characters (0: whole)")
     q.set_defaults(func=_search)

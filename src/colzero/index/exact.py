@@ -59,11 +59,11 @@ def index_recall_against_exact(
     text rule as the index build: ``title + " " + text``). Deleted documents are skipped.
     Returns {"recall@k": float, "k": k, "queries": n, "index": results, "exact": results}.
     """
-    from colzero.index.plaid import iter_documents
+    from colzero.index.documents import read_documents
 
     if isinstance(corpus, dict):
         corpus = list(corpus.items())
-    docs = [(i, t) for i, t in iter_documents(corpus) if i in index._pid_of]
+    docs = [(d.id, d.text) for d in read_documents(corpus) if d.id in index]
     with torch.inference_mode():
         dvecs = model.encode([t for _, t in docs], "document")
         qvecs = model.encode(list(queries), "query")

@@ -5,7 +5,7 @@ documents on its own device (``cuda:LOCAL_RANK`` when CUDA is available, else th
 streams the vectors, chunk by chunk, into shard files in a temporary folder next to the index
 (``.<name>.shards-<id>/rank-NNNNN.{vectors,head,doclens}.npy``, each renamed into place once
 complete): ``vectors`` holds ``(n_tokens, dim)`` float16 by default, ``head`` the documents of
-the first build chunk in float32 (``Index.build`` trains the codec on them). After a barrier,
+the first ``kmeans_documents`` documents in float32 (``Index.build`` trains the codec on them). After a barrier,
 rank 0 builds the index with :meth:`Index.build`, feeding it the memory-mapped shard files in
 document order as precomputed ``embeddings``: codec training, compression and segment writing
 are the single-process code. The result is the index a one-process build on the same kind of
@@ -25,8 +25,6 @@ output's parent folder on a shared filesystem.
 from __future__ import annotations
 
 import datetime
-import itertools
-import json
 import logging
 import os
 import shutil
@@ -39,7 +37,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from colzero.index.plaid import Index, _chunks, _doc_from_row, _encode_docs, _raw_to_npy
+from colzero.index.build import KMEANS_DOCUMENTS, encode_documents
+from colzero.index.documents import batches, count_documents, read_documents
+from colzero.index.plaid import Index
+from colzero.index.storage import raw_to_npy
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def build_sharded(
         return Index.build(
             model, documents, output, chunk_size=chunk_size, batch_size=batch_size, **build_kwargs
         )
-    n_docs = _count_documents(documents)
+    n_docs = count_documents(documents)
     if device is None:
         cuda = torch.cuda.is_available()  # more ranks than GPUs share them (collectives run on gloo)
         device = torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
@@ -120,8 +121,9 @@ def _run(model, documents, output: Path, shard, group, chunk_size, batch_size, k
     try:
         # phase 1: every rank encodes its shard
         start, end = rank * n_docs // world, (rank + 1) * n_docs // world
-        # Index.build trains the codec on its first chunk: those vectors are kept in float32
-        n_head = min(chunk_size, n_docs) if dtype != np.float32 else 0
+        # Index.build trains the codec on its first kmeans_documents: those are kept in float32
+        n_sample = kwargs.get("kmeans_documents", KMEANS_DOCUMENTS)
+        n_head = min(n_sample, n_docs) if dtype != np.float32 else 0
         error: BaseException | None = None
         try:
             stem = folder / f"rank-{rank:05d}"
@@ -156,47 +158,11 @@ def _all_ok(ok: bool, group) -> bool:
 
 
 # ---------------------------------------------------------------------------- documents
-def _count_documents(documents: Any) -> int:
-    if isinstance(documents, str | os.PathLike):
-        with open(documents, encoding="utf-8") as f:
-            return sum(1 for line in f if line.strip())
-    if not hasattr(documents, "__len__") or not hasattr(documents, "__getitem__"):
-        raise TypeError(
-            "a sharded build needs a JSONL path or a sequence of documents (every rank reads its own "
-            f"shard), got {type(documents).__name__}"
-        )
-    return len(documents)
-
-
 def shard_documents(documents: Any, start: int, end: int) -> Iterator[tuple[str, str]]:
-    """Documents ``start:end`` (0-based, blank JSONL lines not counted); only those are parsed."""
-    if not isinstance(documents, str | os.PathLike):
-        rows = (
-            documents[start:end]
-            if isinstance(documents, list | tuple)
-            else itertools.islice(documents, start, end)
-        )
-        for n, row in enumerate(rows, start):
-            if isinstance(row, dict):
-                yield _doc_from_row(row, f"document {n}")
-            else:
-                doc_id, text = row
-                yield str(doc_id), str(text)
-        return
-    i = 0
-    with open(documents, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if i >= end:
-                return
-            if i >= start:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{documents}: line {n}: invalid JSON ({exc.msg})") from exc
-                yield _doc_from_row(row, f"{documents}: line {n}")
-            i += 1
+    """(id, text) of documents ``start:end`` (0-based, blank JSONL lines not counted); only
+    those are parsed."""
+    for doc in read_documents(documents, start, end):
+        yield doc.id, doc.text
 
 
 def _encode_shard(
@@ -212,8 +178,8 @@ def _encode_shard(
     lens: list[np.ndarray] = []
     done = 0
     try:
-        for chunk in _chunks(shard_documents(documents, start, end), chunk_size):
-            vecs = _encode_docs(model, [t for _, t in chunk], batch_size)
+        for chunk in batches(read_documents(documents, start, end), chunk_size):
+            vecs = encode_documents(model, [d.text for d in chunk], batch_size)
             lens.append(np.array([len(v) for v in vecs], dtype=np.int32))
             k = min(len(vecs), max(0, head_end - start - done))
             head.write(vecs[:k])
@@ -252,7 +218,7 @@ class _RawWriter:
     def close(self) -> None:
         self.file.close()
         part = self.path.with_name(self.path.name + ".part")
-        _raw_to_npy(self.raw, part, self.dtype, (self.rows, self.dim))
+        raw_to_npy(self.raw, part, self.dtype, (self.rows, self.dim))
         os.replace(part, self.path)
 
     def discard(self) -> None:

@@ -2,9 +2,13 @@
 
 Concurrency: every request is put on an asyncio queue; one batcher task takes the first waiting
 request, then keeps collecting for up to ``batch_wait_ms`` (or until ``max_batch_queries``
-queries), and runs ONE ``index.search`` call (query encoding + search) for the whole group on a
-single worker thread (torch is only ever touched from that thread). Each request then gets its
-own slice of the results, cut to its own ``k``. Encode requests go through the same thread.
+queries), and runs ONE ``index.search`` call (query encoding + search) per distinct ``filter``
+of the group on a single worker thread (torch is only ever touched from that thread). Each
+request then gets its own slice of the results, cut to its own ``k``, with the stored ``fields``
+it asked for. Encode requests go through the same thread.
+
+``filter`` (optional) is the index's metadata filter (``colzero.index.filters``), applied before
+ranking: ``{"year": [2019, 2020], "source": "pubmed"}``.
 
 Limits (clear 4xx): empty or whitespace-only texts, more than ``max_queries`` per request,
 texts longer than ``max_chars``, ``k`` outside ``1..max_k`` -> 422; request bodies larger than
@@ -13,15 +17,18 @@ texts longer than ``max_chars``, ``k`` outside ``1..max_k`` -> 422; request bodi
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+from colzero.index.filters import compile_filter
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,12 @@ class _Job:
     k: int
     role: str
     future: asyncio.Future
+    filter: dict[str, Any] | None = None
+    fields: list[str] | None = None
+    group_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group_key = json.dumps(self.filter, sort_keys=True)
 
 
 def _make_models(limits: ServeLimits):
@@ -62,6 +75,14 @@ def _make_models(limits: ServeLimits):
         query: str | None = Field(None, description="one query")
         queries: list[str] | None = Field(None, description="several queries, searched as one batch")
         k: int = Field(10, ge=1, le=limits.max_k, description=f"results per query, 1..{limits.max_k}")
+        filter: dict[str, Any] | None = Field(
+            None,
+            description='only documents whose stored fields match, e.g. {"year": [2019, 2020]} '
+            "(every field must match; a list means any of; null: missing; _id: the id)",
+        )
+        fields: list[str] | None = Field(
+            None, description='stored fields to return with each hit, e.g. ["title", "text"]'
+        )
 
         @model_validator(mode="after")
         def one_of(self):
@@ -70,6 +91,8 @@ def _make_models(limits: ServeLimits):
             if self.queries is not None and not self.queries:
                 raise ValueError("'queries' is empty")
             check_texts(self.texts())
+            if self.filter is not None:
+                compile_filter(self.filter)  # a malformed filter is a 422, not a 500
             return self
 
         def texts(self) -> list[str]:
@@ -78,6 +101,7 @@ def _make_models(limits: ServeLimits):
     class Hit(BaseModel):
         id: str
         score: float
+        fields: dict[str, Any] | None = None
 
     class SearchResponse(BaseModel):
         results: list[list[Hit]]
@@ -109,10 +133,29 @@ def create_app(index, model=None, limits: ServeLimits | None = None) -> FastAPI:
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="colzero-torch")
     stats = {"requests": 0, "batches": 0, "queries": 0}
 
-    def run_search_batch(jobs: list[_Job]) -> list:
-        texts = [t for j in jobs for t in j.texts]
-        kmax = max(j.k for j in jobs)
-        return index.search(texts, k=kmax)
+    def run_search_batch(jobs: list[_Job]) -> list[list]:
+        """Per job, its queries' hits: (id, score, fields or None), one search per filter."""
+        out: dict[int, list] = {}
+        for key in dict.fromkeys(j.group_key for j in jobs):
+            same = [j for j in jobs if j.group_key == key]
+            texts = [t for j in same for t in j.texts]
+            results = index.search(texts, k=max(j.k for j in same), filter=same[0].filter)
+            pos = 0
+            for j in same:
+                part = [hits[: j.k] for hits in results[pos : pos + len(j.texts)]]
+                pos += len(j.texts)
+                if j.fields is not None:
+                    part = [
+                        [
+                            (d, s, f)
+                            for (d, s), f in zip(h, index.fields([d for d, _ in h], j.fields), strict=True)
+                        ]
+                        for h in part
+                    ]
+                else:
+                    part = [[(d, s, None) for d, s in h] for h in part]
+                out[id(j)] = part
+        return [out[id(j)] for j in jobs]
 
     def run_encode(job: _Job):
         import torch
@@ -154,12 +197,9 @@ def create_app(index, model=None, limits: ServeLimits | None = None) -> FastAPI:
                     if not j.future.done():
                         j.future.set_exception(exc)
             else:
-                pos = 0
-                for j in group:
-                    part = results[pos : pos + len(j.texts)]
-                    pos += len(j.texts)
+                for j, part in zip(group, results, strict=True):
                     if not j.future.done():
-                        j.future.set_result([hits[: j.k] for hits in part])
+                        j.future.set_result(part)
             for job in pending_encode:
                 await _run(loop, job, run_encode, job)
 
@@ -206,19 +246,19 @@ def create_app(index, model=None, limits: ServeLimits | None = None) -> FastAPI:
                 return JSONResponse({"detail": f"request body exceeds {limits.max_body_bytes} bytes"}, 413)
         return await call_next(request)
 
-    async def submit(kind: str, texts: list[str], k: int = 0, role: str = "query"):
+    async def submit(kind: str, texts: list[str], k: int = 0, role: str = "query", **extra: Any):
         fut = asyncio.get_running_loop().create_future()
         stats["requests"] += 1
-        await app.state.queue.put(_Job(kind, texts, k, role, fut))
+        await app.state.queue.put(_Job(kind, texts, k, role, fut, **extra))
         return await fut
 
-    @app.post("/search", response_model=SearchResponse)
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
     async def search(req: SearchRequest):
-        """Top-k documents per query by MaxSim."""
+        """Top-k documents per query by MaxSim, among those matching ``filter``."""
         t0 = time.perf_counter()
-        results = await submit("search", req.texts(), req.k)
+        results = await submit("search", req.texts(), req.k, filter=req.filter, fields=req.fields)
         logger.debug("search %d queries in %.1f ms", len(req.texts()), 1000 * (time.perf_counter() - t0))
-        return {"results": [[{"id": d, "score": s} for d, s in hits] for hits in results]}
+        return {"results": [[{"id": d, "score": s, "fields": f} for d, s, f in hits] for hits in results]}
 
     @app.post("/encode", response_model=EncodeResponse)
     async def encode(req: EncodeRequest):

@@ -1,0 +1,439 @@
+"""The index's on-disk format: files, checksums, the SQLite document table, loading.
+
+Folder layout (one folder per index)::
+
+    metadata.json      format version, model fingerprint, dim, codec ("pq" | "scalar"), nbits
+                       (bits per dimension), #centroids, search defaults, and
+                       {file: [size, sha256]} for the codec files below
+    centroids.npy      (C, dim) float32, plus pq_centroids.npy (M, 256, dim / M) float32 (pq)
+                       or bucket_cutoffs.npy / bucket_weights.npy (scalar): see codec.py
+    docs.sqlite        table docs(pid, doc_id, deleted, text, fields, origin): ids, tombstones,
+                       the encoded text (``store_texts``), the row's other JSON fields
+                       (``store_fields``; filters and search results read them), and the
+                       file:line the document was read from (duplicate-id errors name it)
+                       table segments(name, first_pid, n_docs, n_tokens, files JSON)
+    seg-<id>/          codes.npy (n_tokens,) uint16|int32, residuals.npy (n_tokens, residual
+                       bytes) uint8, doclens.npy (n_docs,) int32, ivf.npy (pairs,) int32 pids
+                       grouped by centroid, ivf_lens.npy (C,) int32, norms.npy (n_tokens,)
+                       float32 ``|centroid + decoded residual|`` (search divides by it instead of
+                       re-normalising decoded vectors; segments written before it existed get it
+                       computed on load)
+
+Atomicity: a build writes everything into a temporary sibling folder and renames it into place
+(``atomic_directory``). ``add`` writes a new segment folder (invisible until referenced) and then
+registers it and its documents in ONE SQLite transaction; ``delete`` marks tombstones in one
+transaction. A process killed at any point leaves either the old or the new state; unreferenced
+segment folders are removed by the next writer. Every file's size (and sha256, ``verify=True``)
+is checked on load: a half-written or corrupt folder raises :class:`IndexCorruptError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from colzero.data.readers import DataError
+from colzero.index.codec import Codec, code_dtype, load_codec
+from colzero.index.documents import Document
+from colzero.index.stages import ranges
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no fields / origin columns (read as empty)
+SEGMENT_FILES = ("codes.npy", "residuals.npy", "norms.npy", "doclens.npy", "ivf.npy", "ivf_lens.npy")
+#: the files every token has a row in (what "bytes per token vector" counts)
+TOKEN_FILES = ("codes.npy", "residuals.npy", "norms.npy")
+
+
+class IndexCorruptError(ValueError):
+    """The index folder is missing a file, or a file has the wrong size or checksum."""
+
+
+# ---------------------------------------------------------------------------- files
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe(folder: Path, names: Iterable[str]) -> dict[str, list]:
+    """{name: [size, sha256]} of files in ``folder`` (what ``check_files`` verifies)."""
+    return {n: [(folder / n).stat().st_size, sha256(folder / n)] for n in names}
+
+
+def fsync_dir(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def check_files(folder: Path, files: dict[str, list], verify: bool) -> None:
+    for name, (size, digest) in files.items():
+        path = folder / name
+        if not path.exists():
+            raise IndexCorruptError(f"{path}: file is missing (index is incomplete or corrupt)")
+        actual = path.stat().st_size
+        if actual != size:
+            raise IndexCorruptError(
+                f"{path}: size {actual} bytes, metadata says {size} (half-written or corrupt index)"
+            )
+        if verify and sha256(path) != digest:
+            raise IndexCorruptError(f"{path}: sha256 differs from metadata (corrupt index)")
+
+
+def raw_to_npy(raw: Path, out: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """Prefix a raw byte stream with an .npy header without loading it (``raw`` is removed)."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((0,), dtype=dtype))
+    header["shape"] = shape
+    with open(out, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        with open(raw, "rb") as r:
+            shutil.copyfileobj(r, f, 1 << 20)
+    raw.unlink()
+
+
+def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
+    (folder / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such index folder")
+    meta_path = path / "metadata.json"
+    if not meta_path.exists():
+        raise IndexCorruptError(f"{meta_path}: file is missing (not an index, or a half-written one)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IndexCorruptError(f"{meta_path}: invalid JSON ({exc.msg})") from exc
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise IndexCorruptError(f"{meta_path}: format_version {meta.get('format_version')} unsupported")
+    return meta
+
+
+# ---------------------------------------------------------------------------- the document table
+def connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("PRAGMA synchronous=FULL")
+    return con
+
+
+def create_schema(con: sqlite3.Connection) -> None:
+    con.executescript(
+        """
+        CREATE TABLE docs (pid INTEGER PRIMARY KEY, doc_id TEXT NOT NULL,
+                           deleted INTEGER NOT NULL DEFAULT 0, text TEXT, fields TEXT, origin TEXT);
+        CREATE UNIQUE INDEX docs_live_id ON docs(doc_id) WHERE deleted = 0;
+        CREATE TABLE segments (name TEXT PRIMARY KEY, first_pid INTEGER NOT NULL,
+                               n_docs INTEGER NOT NULL, n_tokens INTEGER NOT NULL,
+                               files TEXT NOT NULL);
+        """
+    )
+
+
+def upgrade_schema(con: sqlite3.Connection) -> None:
+    """Add the version-2 columns to a version-1 document table (inside the caller's transaction)."""
+    have = {row[1] for row in con.execute("PRAGMA table_info(docs)")}
+    for column in ("fields", "origin"):
+        if column not in have:
+            con.execute(f"ALTER TABLE docs ADD COLUMN {column} TEXT")
+
+
+def insert_documents(
+    con: sqlite3.Connection,
+    docs: Sequence[Document],
+    first_pid: int,
+    *,
+    store_texts: bool,
+    store_fields: bool,
+    session_first_pid: int,
+) -> None:
+    """Insert ``docs`` as pids ``first_pid...``. A live id raises :class:`DataError`: naming both
+    lines when the first one was read by this build or add (pids from ``session_first_pid``)."""
+    for i, doc in enumerate(docs):
+        fields = json.dumps(doc.fields, ensure_ascii=False) if store_fields and doc.fields else None
+        try:
+            con.execute(
+                "INSERT INTO docs (pid, doc_id, deleted, text, fields, origin) VALUES (?, ?, 0, ?, ?, ?)",
+                (first_pid + i, doc.id, doc.text if store_texts else None, fields, doc.where or None),
+            )
+        except sqlite3.IntegrityError as exc:
+            pid, origin = con.execute(
+                "SELECT pid, origin FROM docs WHERE doc_id = ? AND deleted = 0", (doc.id,)
+            ).fetchone()
+            if pid >= session_first_pid:
+                raise DataError(
+                    f"{doc.where}: field '_id': duplicate document id {doc.id!r} (first at {origin})"
+                ) from exc
+            raise DataError(
+                f"{doc.where}: field '_id': document id {doc.id!r} is already in the index"
+            ) from exc
+
+
+def register_segment(con: sqlite3.Connection, name: str, first_pid: int, writer: SegmentWriter) -> None:
+    con.execute(
+        "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+        (name, first_pid, writer.n_docs, writer.n_tokens, json.dumps(writer.files)),
+    )
+
+
+def tombstone(path: Path, pids: Sequence[int]) -> None:
+    con = connect(path / "docs.sqlite")
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.executemany("UPDATE docs SET deleted = 1 WHERE pid = ?", [(int(p),) for p in pids])
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def select_pids(path: Path, where_sql: str, params: Sequence[Any]) -> np.ndarray:
+    """Sorted pids of the live documents matching a SQL condition over ``docs``."""
+    con = connect(path / "docs.sqlite")
+    try:
+        rows = con.execute(f"SELECT pid FROM docs WHERE deleted = 0 AND ({where_sql})", params).fetchall()
+    finally:
+        con.close()
+    return np.sort(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+
+
+def fetch_rows(path: Path, pids: Sequence[int], column: str) -> list[Any]:
+    """``column`` ("text" or "fields", JSON-decoded) of each pid, in the order given."""
+    if column not in ("text", "fields"):
+        raise ValueError(f"unknown docs column {column!r}")
+    con = connect(path / "docs.sqlite")
+    try:
+        have = {row[1] for row in con.execute("PRAGMA table_info(docs)")}
+        if column not in have:
+            return [None] * len(pids)
+        found: dict[int, Any] = {}
+        unique = sorted({int(p) for p in pids})
+        for s in range(0, len(unique), 500):  # SQLite's default limit on bound parameters is 999
+            part = unique[s : s + 500]
+            marks = ",".join("?" * len(part))
+            found.update(con.execute(f"SELECT pid, {column} FROM docs WHERE pid IN ({marks})", part))
+    finally:
+        con.close()
+    if column == "fields":
+        return [json.loads(found[int(p)]) if found.get(int(p)) else {} for p in pids]
+    return [found.get(int(p)) for p in pids]
+
+
+# ---------------------------------------------------------------------------- segments
+class SegmentWriter:
+    """Streams compressed chunks into one segment folder (raw appends, .npy headers at close).
+
+    Memory: the chunk being written and the (centroid, document) pairs of the inverted lists
+    (one int64 per distinct centroid of a document), never the segment's vectors.
+    """
+
+    def __init__(self, folder: Path, codec: Codec, first_pid: int) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True)
+        self.codec = codec
+        self.first_pid = first_pid
+        self.n_docs = 0
+        self.n_tokens = 0
+        self.files: dict[str, list] = {}
+        self._codes = open(folder / "codes.raw", "wb")  # noqa: SIM115 (closed in close())
+        self._res = open(folder / "residuals.raw", "wb")  # noqa: SIM115 (closed in close())
+        self._norms = open(folder / "norms.raw", "wb")  # noqa: SIM115 (closed in close())
+        self._lens: list[np.ndarray] = []
+        self._ivf: list[np.ndarray] = []  # (centroid * 2**32 + local pid) unique per doc
+
+    def write(self, vectors: Sequence[np.ndarray]) -> None:
+        lens = np.array([len(v) for v in vectors], dtype=np.int32)
+        if len(vectors):
+            flat = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
+        else:
+            flat = np.zeros((0, self.codec.dim), np.float32)
+        codes, packed = self.codec.compress(flat)
+        self._codes.write(codes.tobytes())
+        self._res.write(packed.tobytes())
+        self._norms.write(self.codec.decoded_norms(codes, packed).tobytes())
+        local = np.repeat(np.arange(self.n_docs, self.n_docs + len(vectors), dtype=np.int64), lens)
+        self._ivf.append(np.unique(codes.astype(np.int64) * (1 << 32) + local))
+        self._lens.append(lens)
+        self.n_docs += len(vectors)
+        self.n_tokens += len(flat)
+
+    def close(self) -> dict[str, list]:
+        """Write the .npy files, fsync them; returns {file: [size, sha256]} (also ``self.files``)."""
+        self._codes.close()
+        self._res.close()
+        self._norms.close()
+        f = self.folder
+        raw_to_npy(f / "codes.raw", f / "codes.npy", code_dtype(self.codec.n_centroids), (self.n_tokens,))
+        shape = (self.n_tokens, self.codec.bytes_per_residual)
+        raw_to_npy(f / "residuals.raw", f / "residuals.npy", np.dtype(np.uint8), shape)
+        raw_to_npy(f / "norms.raw", f / "norms.npy", np.dtype(np.float32), (self.n_tokens,))
+        np.save(f / "doclens.npy", np.concatenate(self._lens) if self._lens else np.zeros(0, np.int32))
+        pairs = np.concatenate(self._ivf) if self._ivf else np.zeros(0, np.int64)
+        self._ivf = []
+        pairs.sort()
+        counts = np.bincount(pairs >> 32, minlength=self.codec.n_centroids).astype(np.int32)
+        pairs &= (1 << 32) - 1
+        pids = pairs.astype(np.int32)
+        del pairs
+        pids += self.first_pid
+        np.save(f / "ivf.npy", pids)
+        np.save(f / "ivf_lens.npy", counts)
+        fsync_dir(f)
+        self.files = describe(f, SEGMENT_FILES)
+        return self.files
+
+    def discard(self) -> None:
+        self._codes.close()
+        self._res.close()
+        self._norms.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def remove_orphans(path: Path, known: set[str]) -> None:
+    """Delete segment folders no document table references (left by a killed ``add``)."""
+    for p in path.iterdir():
+        if p.is_dir() and (p.name.startswith(".seg-") or (p.name.startswith("seg-") and p.name not in known)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- loading
+def _compute_norms(
+    codec: Codec, codes: np.ndarray, residuals: np.ndarray, block: int = 1 << 16
+) -> np.ndarray:
+    """Decoded vector norms of a segment written before norms.npy existed (in blocks)."""
+    out = np.empty(len(codes), dtype=np.float32)
+    for s in range(0, len(codes), block):
+        out[s : s + block] = codec.decoded_norms(codes[s : s + block], residuals[s : s + block])
+    return out
+
+
+@dataclass
+class Segment:
+    name: str
+    first_pid: int
+    n_docs: int
+    codes: np.ndarray  # memory-mapped
+    residuals: np.ndarray  # memory-mapped
+    norms: np.ndarray  # memory-mapped (computed for segments written without norms.npy)
+    files: dict[str, list]
+
+
+@dataclass
+class IndexState:
+    """Everything search needs, as arrays: pids are positions in the document table."""
+
+    meta: dict[str, Any]
+    codec: Codec
+    segments: list[Segment]
+    codes: np.ndarray  # (tokens,) centroid id of every token (all segments, in memory)
+    doclens: np.ndarray  # (docs,) int64
+    doc_starts: np.ndarray  # (docs,) int64 global token offset
+    doc_segment: np.ndarray  # (docs,) segment number
+    seg_token_base: np.ndarray  # (segments + 1,) first global token of each segment
+    ivf_pids: np.ndarray  # (pairs,) int32 pids grouped by centroid
+    ivf_offsets: np.ndarray  # (C + 1,) int64
+    doc_ids: list[str]
+    deleted: np.ndarray  # (docs,) bool
+    has_texts: bool
+    pid_of: dict[str, int] = field(default_factory=dict)  # live documents only
+
+
+def _merge_inverted_lists(
+    pids: list[np.ndarray], lens: list[np.ndarray], n_centroids: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (pids grouped by centroid, offsets (C + 1,)) from every segment's inverted lists."""
+    if not pids:
+        return np.zeros(0, np.int32), np.zeros(n_centroids + 1, np.int64)
+    total = np.sum(lens, axis=0)
+    offsets = np.concatenate([[0], np.cumsum(total)]).astype(np.int64)
+    if len(pids) == 1:
+        return pids[0].astype(np.int32, copy=False), offsets
+    merged = np.empty(int(offsets[-1]), dtype=np.int32)
+    fill = offsets[:-1].copy()  # where each centroid's next pids go
+    for seg_pids, seg_lens in zip(pids, lens, strict=True):  # segments in pid order: lists stay sorted
+        dest = ranges(fill, seg_lens)
+        merged[dest] = seg_pids
+        fill += seg_lens
+    return merged, offsets
+
+
+def load_state(path: Path, verify: bool) -> IndexState:
+    """Read and check an index folder (sizes always, sha256 with ``verify``)."""
+    meta = read_metadata(path)
+    check_files(path, meta["files"], verify)
+    if not (path / "docs.sqlite").exists():
+        raise IndexCorruptError(f"{path / 'docs.sqlite'}: file is missing")
+    try:
+        codec = load_codec(path, meta)
+    except (ValueError, KeyError) as exc:
+        raise IndexCorruptError(f"{path / 'metadata.json'}: {exc}") from exc
+    try:
+        con = connect(path / "docs.sqlite")
+        segs = con.execute(
+            "SELECT name, first_pid, n_docs, n_tokens, files FROM segments ORDER BY first_pid"
+        ).fetchall()
+        rows = con.execute("SELECT pid, doc_id, deleted, text IS NOT NULL FROM docs ORDER BY pid").fetchall()
+        con.close()
+    except sqlite3.DatabaseError as exc:
+        raise IndexCorruptError(f"{path / 'docs.sqlite'}: {exc}") from exc
+    segments, codes, doclens, ivf_lens, ivf_p = [], [], [], [], []
+    n_centroids = codec.n_centroids
+    for name, first_pid, n_docs, n_tokens, files_json in segs:
+        folder = path / name
+        files = json.loads(files_json)
+        check_files(folder, files, verify)
+        seg = Segment(
+            name,
+            first_pid,
+            n_docs,
+            np.load(folder / "codes.npy", mmap_mode="r"),
+            np.load(folder / "residuals.npy", mmap_mode="r"),
+            np.zeros(0, np.float32),
+            files,
+        )
+        seg.norms = (
+            np.load(folder / "norms.npy", mmap_mode="r")
+            if "norms.npy" in files
+            else _compute_norms(codec, seg.codes, seg.residuals)
+        )
+        lens = np.load(folder / "doclens.npy")
+        if len(lens) != n_docs or len(seg.codes) != n_tokens:
+            raise IndexCorruptError(f"{folder}: document/token counts disagree with docs.sqlite")
+        segments.append(seg)
+        codes.append(np.asarray(seg.codes))
+        doclens.append(lens.astype(np.int64))
+        ivf_lens.append(np.load(folder / "ivf_lens.npy").astype(np.int64))
+        ivf_p.append(np.load(folder / "ivf.npy"))
+    n = sum(s.n_docs for s in segments)
+    if len(rows) != n:
+        raise IndexCorruptError(f"{path}: docs.sqlite lists {len(rows)} documents, segments hold {n}")
+    doclens_all = np.concatenate(doclens) if doclens else np.zeros(0, np.int64)
+    ivf_pids, ivf_offsets = _merge_inverted_lists(ivf_p, ivf_lens, n_centroids)
+    return IndexState(
+        meta=meta,
+        codec=codec,
+        segments=segments,
+        codes=np.concatenate(codes) if codes else np.zeros(0, np.int64),
+        doclens=doclens_all,
+        doc_starts=np.cumsum(doclens_all) - doclens_all,
+        doc_segment=np.repeat(np.arange(len(segments)), [s.n_docs for s in segments]),
+        seg_token_base=np.cumsum([0] + [len(s.codes) for s in segments]),
+        ivf_pids=ivf_pids,
+        ivf_offsets=ivf_offsets,
+        doc_ids=[r[1] for r in rows],
+        deleted=np.array([bool(r[2]) for r in rows], dtype=bool),
+        has_texts=bool(rows) and all(r[3] for r in rows),
+        pid_of={r[1]: r[0] for r in rows if not r[2]},
+    )
