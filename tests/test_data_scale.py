@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from colzero.cli.main import main as cli
-from colzero.data.readers import DataError, iter_documents, load_text_table
+from colzero.data.readers import DataError, document_text, iter_documents, load_text_table
 from colzero.data.sources import StreamSource, TrainingSource, expand_splits, load_sources, source_sizes
 from colzero.data.tables import open_id_table
 from colzero.evaluation import load_dataset
@@ -379,3 +379,36 @@ def test_texts_that_look_like_lists_stay_texts_and_kd_list_strings_parse(tmp_pat
     [kd_source] = load_sources([spec], LossConfig(kind="distillation", n_candidates=2), 2)
     ex = kd_source.examples([1])[0]
     assert ex.candidates == ["a", "b"] and ex.scores == [0.5, 0.25]
+
+
+def _mapping_flags(path: str) -> list[list[str]]:
+    """VmFlags of this process's mappings of ``path`` (Linux ``/proc/self/smaps``)."""
+    flags, current = [], None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            current = fields[5] if len(fields) > 5 else ""
+        elif fields and fields[0] == "VmFlags:" and current == path:
+            flags.append(fields[1:])
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_training_tables_are_advised_for_random_reads(tmp_path):
+    rows = [{"q": f"query {i}", "p": f"d{i % 3 + 1}"} for i in range(40)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", CORPUS)
+    spec = DataSource(
+        "s", str(write_jsonl(tmp_path / "t.jsonl", rows)), query="q", positive="p", documents=str(corpus)
+    )
+    source = TrainingSource(spec, LossConfig())
+    arrows = sorted({str(p) for p in Path(os.environ["COLZERO_CACHE"]).rglob("*.arrow")})
+    assert len(arrows) == 2  # the rows and the corpus, both memory-mapped
+    for arrow in arrows:
+        flags = _mapping_flags(arrow)
+        assert flags and all("rr" in f for f in flags), (arrow, flags)  # VM_RAND_READ: no read-around
+    got = source.examples(np.array([3, 1]))
+    assert [e.query for e in got] == ["query 3", "query 1"]
+    assert [e.positive for e in got] == [
+        document_text(CORPUS[0]["title"], CORPUS[0]["text"]),
+        document_text("", "a fox  jumps"),
+    ]

@@ -142,6 +142,7 @@ class TrainingSource:
             logger.info(
                 "source %s: %d negatives per row (its shortest list)", self.name, self.needs.n_negatives
             )
+        self.table.advise_random_access()  # batches read rows from anywhere (after the passes above)
 
     # ------------------------------------------------------------------ checks
     def _role_columns(self) -> list[str]:

@@ -98,6 +98,19 @@ class Table:
     def columns(self) -> list[str]:
         return list(self.dataset.column_names)
 
+    def advise_random_access(self) -> int:
+        """Tell the kernel the table's memory-mapped pages are read at random (``MADV_RANDOM``);
+        returns how many Arrow buffers were advised (0 where ``madvise`` is unavailable).
+
+        A training batch reads its rows from anywhere in a source. With the kernel's default
+        read-around, every page fault of a cold row also reads the ~128 KB around it: measured on a
+        17.9 GB prepared table (``benchmarks/data_scale.py``'s 20M rows), reading 50 cold 64-row
+        batches took 2.1-4.7 s and 0.4-0.9 CPU-s with read-around, 0.35-0.76 s and 0.1-0.2 CPU-s
+        without. Call it after any sequential pass (building id indexes, checks). Forked DataLoader
+        workers inherit the advice with the mapping.
+        """
+        return _advise_random(self.arrow)
+
     def take(self, rows: Sequence[int] | np.ndarray, columns: Sequence[str]) -> dict[str, list[Any]]:
         """Columns of the given rows as Python values (one indexed read; ``datasets`` decodes its
         feature types, e.g. JSON-typed lists of mixed ids)."""
@@ -116,6 +129,29 @@ class Table:
         if span.kind == "jsonl":
             return f"{span.path}:{_line_of_row(Path(span.path), local)}"
         return f"{span.path} row {local}"
+
+
+def _advise_random(arrow: Any) -> int:
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    if advice is None:  # not POSIX
+        return 0
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page, advised = mmap.PAGESIZE, 0
+    for batch in arrow.to_batches():
+        for column in batch.columns:
+            for buf in column.buffers():
+                if buf is None or buf.size == 0:
+                    continue
+                start = buf.address & ~(page - 1)  # madvise takes page-aligned ranges
+                advised += madvise(start, buf.address + buf.size - start, advice) == 0
+    return advised
 
 
 def _line_of_row(path: Path, row: int) -> int:
@@ -370,6 +406,7 @@ class IdTable:
             raise DataError(f"{table.label}: field 'text' is missing (columns: {cols})")
         self.has_title = "title" in cols
         self.keys, self.rows = self._index(cache)
+        table.advise_random_access()  # after the one sequential pass of the index
 
     def _index(self, cache: Path) -> tuple[np.ndarray, np.ndarray]:
         ds = self.table.dataset
