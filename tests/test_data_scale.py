@@ -412,3 +412,44 @@ def test_training_tables_are_advised_for_random_reads(tmp_path):
         document_text(CORPUS[0]["title"], CORPUS[0]["text"]),
         document_text("", "a fox  jumps"),
     ]
+
+
+@pytest.mark.parametrize("kind", ["contrastive", "distillation"])
+def test_worker_batches_travel_as_one_storage_per_dtype(kind):
+    from colzero.data.collate import Collator
+    from colzero.data.loader import one_storage_per_dtype
+    from colzero.data.sources import ContrastiveExample, DistillationExample
+
+    model = make_colbert()
+    if kind == "contrastive":
+        examples = [
+            ContrastiveExample(f"query {i}", " ".join(WORDS[: i + 2]), [f"neg {j} of {i}" for j in range(2)])
+            for i in range(3)
+        ]
+    else:
+        examples = [
+            DistillationExample(
+                f"query {i}", [" ".join(WORDS[: i + j + 1]) for j in range(3)], [0.1, 0.2, 0.3]
+            )
+            for i in range(3)
+        ]
+    batch = Collator(model)(examples)
+    packed = one_storage_per_dtype(batch)
+    assert type(packed) is type(batch)
+
+    def tensors(value, path=""):
+        if isinstance(value, torch.Tensor):
+            yield path, value
+        elif dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                yield from tensors(getattr(value, f.name), f"{path}.{f.name}")
+
+    before, after = dict(tensors(batch)), dict(tensors(packed))
+    assert before.keys() == after.keys() and len(before) >= 5
+    for name, t in before.items():
+        assert after[name].dtype == t.dtype and torch.equal(after[name], t), name
+    storages = {}
+    for t in after.values():
+        storages.setdefault(t.dtype, set()).add(t.untyped_storage().data_ptr())
+    assert all(len(ptrs) == 1 for ptrs in storages.values()), storages
+    assert packed.queries.positions == batch.queries.positions

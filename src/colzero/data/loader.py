@@ -11,6 +11,7 @@ workers have prefetched.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -82,10 +83,53 @@ class BatchReader(Dataset):
 
     def __getitem__(self, request: BatchRequest) -> tuple[Position, Any]:
         examples = self.sources[request.source].examples(request.rows)
-        return request.position, self.collate(examples)
+        batch = self.collate(examples)
+        if torch.utils.data.get_worker_info() is not None:  # sent to the training process
+            batch = one_storage_per_dtype(batch)
+        return request.position, batch
 
     def __len__(self) -> int:  # map-style datasets need one; requests come from the sampler
         return 0
+
+
+def one_storage_per_dtype(batch: Any) -> Any:
+    """``batch`` (a dataclass of tensors and dataclasses of tensors) with every tensor a view of one
+    contiguous storage per dtype: equal values, shapes and dtypes.
+
+    A DataLoader worker sends each tensor storage through its own shared-memory segment and file
+    descriptor, work for the worker and the training process alike; a training batch has 6 to 9
+    tensors (ids, attention mask, token types per role), a packed one a single int64 storage.
+    """
+    tensors: dict[int, torch.Tensor] = {}
+
+    def collect(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors[id(value)] = value
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                collect(getattr(value, f.name))
+
+    collect(batch)
+    views: dict[int, torch.Tensor] = {}
+    for dtype in {t.dtype for t in tensors.values()}:
+        group = [(key, t) for key, t in tensors.items() if t.dtype == dtype]
+        flat = torch.cat([t.reshape(-1) for _, t in group])
+        offset = 0
+        for key, t in group:
+            views[key] = flat[offset : offset + t.numel()].view(t.shape)
+            offset += t.numel()
+
+    def rebuild(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return views[id(value)]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.replace(
+                value,
+                **{f.name: rebuild(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init},
+            )
+        return value
+
+    return rebuild(batch)
 
 
 def _as_is(item: Any) -> Any:
