@@ -213,6 +213,20 @@ class EncoderBase(nn.Module):
         """Width of the backbone's hidden states."""
         return int(self.backbone.config.hidden_size)
 
+    def _with_prompt(self, texts: list[str], role: Role, prompt: str | None) -> list[str]:
+        """``texts`` behind the role's prompt: the config's for ``prompt=None``, none for ``""``."""
+        prompt = self.config.prompt_for(role) if prompt is None else prompt
+        return [prompt + t for t in texts] if prompt else texts
+
+    def _last_hidden_state(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The backbone's last hidden states (batch, length, hidden)."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.backbone(**inputs).last_hidden_state
+
     def _tokenize_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids with [CLS]/[SEP], truncated to ``max_length``; no padding."""
         stripped = [t.strip() for t in texts]

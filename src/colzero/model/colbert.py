@@ -248,10 +248,6 @@ class ColBERT(EncoderBase):
             [r[0] for r in rows], [r[1] for r in rows], self.expansion_token_id, list(range(len(rows)))
         )
 
-    def _with_prompt(self, texts: list[str], role: Role, prompt: str | None) -> list[str]:
-        prompt = self.config.prompt_for(role) if prompt is None else prompt
-        return [prompt + t for t in texts] if prompt else texts
-
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -260,10 +256,7 @@ class ColBERT(EncoderBase):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L2-normalised token vectors (batch, length, embedding_dim), float32."""
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**inputs).last_hidden_state
+        hidden = self._last_hidden_state(input_ids, attention_mask, token_type_ids)
         vectors = self.projection(hidden).float()
         if self.config.flash_attention_compat:
             vectors = vectors.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)

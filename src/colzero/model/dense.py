@@ -147,10 +147,6 @@ class DenseModel(EncoderBase):
             [r[0] for r in rows], [r[1] for r in rows], self.tokenizer.pad_token_id, list(range(len(rows)))
         )
 
-    def _with_prompt(self, texts: list[str], role: Role, prompt: str | None) -> list[str]:
-        prompt = self.config.prompt_for(role) if prompt is None else prompt
-        return [prompt + t for t in texts] if prompt else texts
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -158,10 +154,7 @@ class DenseModel(EncoderBase):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One vector per row (batch, hidden), float32."""
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**inputs).last_hidden_state.float()
+        hidden = self._last_hidden_state(input_ids, attention_mask, token_type_ids).float()
         if self.config.pooling == "cls":
             pooled = hidden[:, 0]
         else:

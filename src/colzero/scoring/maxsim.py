@@ -40,7 +40,8 @@ functions trace under ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -106,60 +107,42 @@ def _check(queries: torch.Tensor, documents: torch.Tensor, documents_mask: torch
         )
 
 
+class _Inputs(NamedTuple):
+    """What a MaxSim shape's forward takes and its backward recomputes from."""
+
+    queries: torch.Tensor
+    documents: torch.Tensor
+    documents_mask: torch.Tensor
+    queries_mask: torch.Tensor | None
+    max_elements: int
+    dtype: torch.dtype
+
+
 def _nway_step(lq: int, k: int, ld: int, max_elements: int) -> int:
     return max(1, max_elements // max(1, lq * k * ld))
 
 
-class _NwayMaxSim(torch.autograd.Function):
+def _nway_forward(inputs: _Inputs) -> torch.Tensor:
     """(B, Lq, D) x (B, K, Ld, D) -> (B, K); chunks over B (module docstring)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        queries: torch.Tensor,
-        documents: torch.Tensor,
-        documents_mask: torch.Tensor,
-        queries_mask: torch.Tensor | None,
-        max_elements: int,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        b, lq, dim = queries.shape
-        _, k, ld, _ = documents.shape
-        step = _nway_step(lq, k, ld, max_elements)
-        out = torch.empty((b, k), dtype=torch.float32, device=queries.device)
-        for s in range(0, b, step):
-            q = queries[s : s + step].to(dtype)
-            d = documents[s : s + step].to(dtype).reshape(q.shape[0], k * ld, dim)
-            sim = torch.bmm(q, d.transpose(1, 2)).view(q.shape[0], lq, k, ld)
-            best = _mask_documents_(sim, documents_mask[s : s + step].unsqueeze(1)).amax(dim=-1)
-            qm = None if queries_mask is None else queries_mask[s : s + step]
-            out[s : s + step] = _sum_positions(best, qm)
-        ctx.save_for_backward(queries, documents, documents_mask, queries_mask)
-        ctx.max_elements, ctx.dtype = max_elements, dtype
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        queries, documents, documents_mask, queries_mask = ctx.saved_tensors
-        with torch.autocast(queries.device.type, enabled=False):  # recompute exactly as the forward did
-            grads = _nway_backward(
-                grad_out, queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype,
-                ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            )  # fmt: skip
-        return (*grads, None, None, None, None)
+    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
+    b, lq, dim = queries.shape
+    _, k, ld, _ = documents.shape
+    step = _nway_step(lq, k, ld, max_elements)
+    out = torch.empty((b, k), dtype=torch.float32, device=queries.device)
+    for s in range(0, b, step):
+        q = queries[s : s + step].to(dtype)
+        d = documents[s : s + step].to(dtype).reshape(q.shape[0], k * ld, dim)
+        sim = torch.bmm(q, d.transpose(1, 2)).view(q.shape[0], lq, k, ld)
+        best = _mask_documents_(sim, documents_mask[s : s + step].unsqueeze(1)).amax(dim=-1)
+        qm = None if queries_mask is None else queries_mask[s : s + step]
+        out[s : s + step] = _sum_positions(best, qm)
+    return out
 
 
 def _nway_backward(
-    grad_out: torch.Tensor,
-    queries: torch.Tensor,
-    documents: torch.Tensor,
-    documents_mask: torch.Tensor,
-    queries_mask: torch.Tensor | None,
-    max_elements: int,
-    dtype: torch.dtype,
-    need_q: bool,
-    need_d: bool,
+    grad_out: torch.Tensor, inputs: _Inputs, need_q: bool, need_d: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
     b, lq, dim = queries.shape
     _, k, ld, _ = documents.shape
     step = _nway_step(lq, k, ld, max_elements)
@@ -182,58 +165,29 @@ def _nway_backward(
     return grad_q, grad_d
 
 
-class _AllPairsMaxSim(torch.autograd.Function):
+def _all_pairs_forward(inputs: _Inputs) -> torch.Tensor:
     """(Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd); chunks over queries and documents (module docstring)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        queries: torch.Tensor,
-        documents: torch.Tensor,
-        documents_mask: torch.Tensor,
-        queries_mask: torch.Tensor | None,
-        max_elements: int,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        nq, lq, dim = queries.shape
-        nd, ld, _ = documents.shape
-        qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
-        out = torch.empty((nq, nd), dtype=torch.float32, device=queries.device)
-        for qs in range(0, nq, qc):
-            q = queries[qs : qs + qc].to(dtype)
-            flat_q = q.reshape(-1, dim)
-            qm = None if queries_mask is None else queries_mask[qs : qs + qc]
-            for ds in range(0, nd, dc):
-                d = documents[ds : ds + dc].to(dtype)
-                sim = (flat_q @ d.reshape(-1, dim).T).view(q.shape[0], lq, d.shape[0], ld)
-                best = _mask_documents_(sim, documents_mask[ds : ds + dc].view(1, 1, -1, ld)).amax(dim=-1)
-                out[qs : qs + qc, ds : ds + dc] = _sum_positions(best, qm)
-        ctx.save_for_backward(queries, documents, documents_mask, queries_mask)
-        ctx.max_elements, ctx.dtype = max_elements, dtype
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        queries, documents, documents_mask, queries_mask = ctx.saved_tensors
-        with torch.autocast(queries.device.type, enabled=False):  # recompute exactly as the forward did
-            grads = _all_pairs_backward(
-                grad_out, queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype,
-                ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            )  # fmt: skip
-        return (*grads, None, None, None, None)
+    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
+    nq, lq, dim = queries.shape
+    nd, ld, _ = documents.shape
+    qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
+    out = torch.empty((nq, nd), dtype=torch.float32, device=queries.device)
+    for qs in range(0, nq, qc):
+        q = queries[qs : qs + qc].to(dtype)
+        flat_q = q.reshape(-1, dim)
+        qm = None if queries_mask is None else queries_mask[qs : qs + qc]
+        for ds in range(0, nd, dc):
+            d = documents[ds : ds + dc].to(dtype)
+            sim = (flat_q @ d.reshape(-1, dim).T).view(q.shape[0], lq, d.shape[0], ld)
+            best = _mask_documents_(sim, documents_mask[ds : ds + dc].view(1, 1, -1, ld)).amax(dim=-1)
+            out[qs : qs + qc, ds : ds + dc] = _sum_positions(best, qm)
+    return out
 
 
 def _all_pairs_backward(
-    grad_out: torch.Tensor,
-    queries: torch.Tensor,
-    documents: torch.Tensor,
-    documents_mask: torch.Tensor,
-    queries_mask: torch.Tensor | None,
-    max_elements: int,
-    dtype: torch.dtype,
-    need_q: bool,
-    need_d: bool,
+    grad_out: torch.Tensor, inputs: _Inputs, need_q: bool, need_d: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
     nq, lq, dim = queries.shape
     nd, ld, _ = documents.shape
     qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
@@ -265,6 +219,43 @@ def _all_pairs_backward(
         None if grad_q is None else grad_q.to(queries.dtype),
         None if grad_d is None else grad_d.to(documents.dtype),
     )
+
+
+def _chunked_function(
+    name: str, forward: Callable[..., torch.Tensor], backward: Callable[..., tuple[Any, Any]]
+) -> Any:
+    """A :class:`torch.autograd.Function` of one MaxSim shape: ``forward(inputs)`` runs without
+    autograd and only the inputs are saved; ``backward`` recomputes the chunks (module docstring)."""
+
+    def function_forward(
+        ctx: Any,
+        queries: torch.Tensor,
+        documents: torch.Tensor,
+        documents_mask: torch.Tensor,
+        queries_mask: torch.Tensor | None,
+        max_elements: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(queries, documents, documents_mask, queries_mask)
+        ctx.max_elements, ctx.dtype = max_elements, dtype
+        return forward(_Inputs(queries, documents, documents_mask, queries_mask, max_elements, dtype))
+
+    def function_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        queries, documents, documents_mask, queries_mask = ctx.saved_tensors
+        with torch.autocast(queries.device.type, enabled=False):  # recompute exactly as the forward did
+            inputs = _Inputs(queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype)
+            grads = backward(grad_out, inputs, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return (*grads, None, None, None, None)
+
+    return type(
+        name,
+        (torch.autograd.Function,),
+        {"forward": staticmethod(function_forward), "backward": staticmethod(function_backward)},
+    )
+
+
+_NwayMaxSim = _chunked_function("_NwayMaxSim", _nway_forward, _nway_backward)
+_AllPairsMaxSim = _chunked_function("_AllPairsMaxSim", _all_pairs_forward, _all_pairs_backward)
 
 
 def maxsim_pairwise(
