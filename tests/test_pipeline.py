@@ -9,7 +9,7 @@ import pytest
 from conftest import make_dense
 
 from colzero.training.pipeline import run_recipe
-from colzero.training.recipe import load_recipe
+from colzero.training.recipe import RecipeError, load_recipe
 
 PROMPTS = {"query": "search_query: ", "document": "search_document: "}
 TEXTS = [
@@ -188,6 +188,17 @@ def test_resume_skips_done_phase_and_resumes_interrupted(tmp_path):
     calls.clear()
     run_recipe("colbert-zero", run, overrides=overrides, phase_runner=runner, show_progress=False)
     assert calls == []
+    # the run as an older colzero saved it (settings it did not know yet: null) resumes after an upgrade
+    saved = json.loads((run / "recipe.resolved.json").read_text())
+    saved["phases"][0]["sources"][0]["fewer_negatives"] = None
+    saved["phases"][1]["model_settings"]["prompts"] = None
+    (run / "recipe.resolved.json").write_text(json.dumps(saved))
+    run_recipe("colbert-zero", run, overrides=overrides, phase_runner=runner, show_progress=False)
+    assert calls == []
+    changed = json.loads(json.dumps(overrides))
+    changed["phases"][0]["max_steps"] = 3
+    with pytest.raises(RecipeError, match="holds a run of a different recipe"):
+        run_recipe("colbert-zero", run, overrides=changed, phase_runner=runner, show_progress=False)
 
 
 @pytest.mark.slow

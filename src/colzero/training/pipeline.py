@@ -31,7 +31,7 @@ from typing import Any
 from colzero.model.encoder import Encoder
 from colzero.training import prompts as prompt_tools
 from colzero.training.cost import PhaseCost, summarize
-from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text
+from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text, validate_recipe
 from colzero.training.trainer import load_start_model, run_phase
 
 logger = logging.getLogger(__name__)
@@ -331,6 +331,24 @@ def check_start_models(recipe: Recipe, run_dir: Path, display: str) -> None:
         )
 
 
+def _as_validated_now(resolved: Any) -> Any:
+    """A run's saved ``recipe.resolved.json`` as this version validates it: an older colzero wrote
+    settings it did not know yet as null (or left them out), so the same recipe resumes after an
+    upgrade; anything the schema no longer accepts compares as a different recipe."""
+
+    def without_nulls(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [without_nulls(v) for v in value]
+        return value
+
+    try:
+        return validate_recipe(without_nulls(resolved), "recipe.resolved.json").model_dump(mode="json")
+    except RecipeError:
+        return resolved
+
+
 class _RecipeRun:
     """The steps of one recipe run; rank 0 does what writes or evaluates (see :func:`run_recipe`)."""
 
@@ -344,7 +362,7 @@ class _RecipeRun:
     def write_run_files(self, text: str, warnings: list[str]) -> None:
         resolved = self.recipe.model_dump(mode="json")
         before = self.run_dir / "recipe.resolved.json"
-        if before.exists() and _read_json(before) != resolved:
+        if before.exists() and _as_validated_now(_read_json(before)) != resolved:
             raise RecipeError(
                 f"{self.run_dir} holds a run of a different recipe (recipe.resolved.json differs); "
                 "use another --output folder"
