@@ -571,3 +571,15 @@ def test_a_rank_that_cannot_see_the_checkpoint_fails_loudly_on_every_rank(phase,
     assert not (tmp_path / "new-node1" / ckpt.CHECKPOINTS).exists()
     # the resumed run stopped before any step: rank 0 trained and logged nothing
     assert _metric_steps(tmp_path / "resumed-node0") == [1, 2]
+
+
+def test_cost_of_an_older_checkpoint_resumes_with_its_counters():
+    from colzero.training.cost import PhaseCost
+
+    old = {"examples": 640, "tokens": 1947922, "wall_s": 562.5, "steps": 20, "data_wait_s": 2.3}
+    cost = PhaseCost.from_dict(old, "phase-3-distillation")
+    assert (cost.phase, cost.steps, cost.examples, cost.tokens, cost.wall_s) == (
+        "phase-3-distillation", 20, 640, 1947922, 562.5,
+    )  # fmt: skip
+    assert cost.world_size == 1 and cost.peak_rss_mb_per_rank == []
+    assert PhaseCost.from_dict(cost.to_dict(), "other") == cost  # a recorded phase name wins

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,11 @@ class PhaseCost:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PhaseCost:
-        """The inverse of :meth:`to_dict`."""
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], phase: str = "") -> PhaseCost:
+        """The inverse of :meth:`to_dict`; ``phase`` names it where ``data`` does not (the
+        checkpoints of older versions), and counters those did not keep start at their defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{"phase": phase, **{k: v for k, v in data.items() if k in known}})
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/cost.json`` atomically."""

@@ -205,7 +205,7 @@ class PhaseTrainer:
         self.global_step = int(self.state["global_step"]) if self.state else 0
         self.position = Position.from_dict(self.state["position"]) if self.state else Position()
         self.epoch = self.position.epoch  # of the last batch consumed (logged)
-        self.cost = PhaseCost.from_dict(self.state["cost"]) if self.state else PhaseCost(cfg.name)
+        self.cost = PhaseCost.from_dict(self.state["cost"], cfg.name) if self.state else PhaseCost(cfg.name)
 
     def _weights(self) -> list[float] | None:
         given = [s.source.weight for s in self.sources]
