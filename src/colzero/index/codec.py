@@ -91,7 +91,15 @@ def train_centroids(
     km.train(train)
     centroids = km.centroids.astype(np.float32)
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    return centroids, heldout
+    # rounded to float16 before any residual is taken against them, so that they are stored in
+    # half the bytes (``save_centroids``) with no loss: residuals absorb the rounding
+    return centroids.astype(np.float16).astype(np.float32), heldout
+
+
+def save_centroids(path: Path, centroids: np.ndarray) -> None:
+    """``centroids.npy``: float16 when that is exact (centroids trained here are), else float32."""
+    half = centroids.astype(np.float16)
+    np.save(path, half if np.array_equal(half.astype(np.float32), centroids) else centroids)
 
 
 def assign(vectors: np.ndarray, centroids: np.ndarray, batch: int | None = None) -> np.ndarray:
@@ -223,7 +231,7 @@ class ResidualCodec(_CentroidCodec):
 
     def save(self, folder: Path) -> dict[str, Any]:
         """Write the codec files into ``folder``; returns the metadata entries."""
-        np.save(folder / "centroids.npy", self.centroids)
+        save_centroids(folder / "centroids.npy", self.centroids)
         np.save(folder / "bucket_cutoffs.npy", self.cutoffs)
         np.save(folder / "bucket_weights.npy", self.weights)
         return {"codec": self.kind, "nbits": self.nbits}
@@ -330,7 +338,7 @@ class PQResidualCodec(_CentroidCodec):
 
     def save(self, folder: Path) -> dict[str, Any]:
         """Write the codec files into ``folder``; returns the metadata entries."""
-        np.save(folder / "centroids.npy", self.centroids)
+        save_centroids(folder / "centroids.npy", self.centroids)
         np.save(folder / "pq_centroids.npy", self.pq_centroids)
         return {"codec": self.kind, "nbits": self.bits_per_dim}
 

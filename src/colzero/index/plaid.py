@@ -432,7 +432,8 @@ class Index:
         vec_bytes = sum(
             (self.path / s.name / n).stat().st_size
             for s in self.segments
-            for n in ("codes.npy", "residuals.npy")
+            for n in storage.TOKEN_FILES
+            if n in s.files
         )
         n_tok = int(self.doclens.sum())
         return {

@@ -253,16 +253,21 @@ class SegmentWriter:
         self._lens: list[np.ndarray] = []
         self._ivf: list[np.ndarray] = []  # (centroid * 2**32 + local pid) unique per doc
 
-    def write(self, vectors: Sequence[np.ndarray]) -> None:
+    def write(self, vectors: Sequence[np.ndarray], block_tokens: int = 1 << 16) -> None:
+        """Compress and append the documents ``vectors``, ``block_tokens`` tokens at a time (the
+        codec's temporaries are a few copies of one block, not of the chunk)."""
         lens = np.array([len(v) for v in vectors], dtype=np.int32)
         if len(vectors):
             flat = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
         else:
             flat = np.zeros((0, self.codec.dim), np.float32)
-        codes, packed = self.codec.compress(flat)
-        self._codes.write(codes.tobytes())
-        self._res.write(packed.tobytes())
-        self._norms.write(self.codec.decoded_norms(codes, packed).tobytes())
+        codes = np.empty(len(flat), dtype=code_dtype(self.codec.n_centroids))
+        for s in range(0, len(flat), block_tokens):
+            block_codes, packed = self.codec.compress(flat[s : s + block_tokens])
+            codes[s : s + len(block_codes)] = block_codes
+            self._codes.write(block_codes.tobytes())
+            self._res.write(packed.tobytes())
+            self._norms.write(self.codec.decoded_norms(block_codes, packed).tobytes())
         local = np.repeat(np.arange(self.n_docs, self.n_docs + len(vectors), dtype=np.int64), lens)
         self._ivf.append(np.unique(codes.astype(np.int64) * (1 << 32) + local))
         self._lens.append(lens)
