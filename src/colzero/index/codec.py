@@ -342,6 +342,18 @@ class PQResidualCodec(_CentroidCodec):
         np.save(folder / "pq_centroids.npy", self.pq_centroids)
         return {"codec": self.kind, "nbits": self.bits_per_dim}
 
+    def _encode_scalar(self, residual: np.ndarray) -> np.ndarray:
+        """One-dimension sub-vectors (``M = dim``): each value's nearest of its dimension's 256
+        levels, by binary search between the sorted levels' midpoints (what faiss computes by
+        comparing against all 256, ~20x slower)."""
+        order = np.argsort(self.pq_centroids[:, :, 0], axis=1, kind="stable")  # (M, 256)
+        levels = np.take_along_axis(self.pq_centroids[:, :, 0], order, axis=1)
+        mids = (levels[:, 1:] + levels[:, :-1]) / 2
+        packed = np.empty(residual.shape, dtype=np.uint8)
+        for j in range(residual.shape[1]):
+            packed[:, j] = order[j, np.searchsorted(mids[j], residual[:, j])]
+        return packed
+
     def _quantizer(self):
         if self._pq is None:
             import faiss
@@ -356,11 +368,12 @@ class PQResidualCodec(_CentroidCodec):
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         codes = self.assign(vectors)
         residual = np.ascontiguousarray(vectors - self.centroids[codes])
-        packed = (
-            self._quantizer().compute_codes(residual)
-            if len(residual)
-            else np.zeros((0, self.bytes_per_residual), np.uint8)
-        )
+        if not len(residual):
+            packed = np.zeros((0, self.bytes_per_residual), np.uint8)
+        elif self.pq_centroids.shape[2] == 1:
+            packed = self._encode_scalar(residual)
+        else:
+            packed = self._quantizer().compute_codes(residual)
         return codes.astype(code_dtype(self.n_centroids)), packed.reshape(
             len(vectors), self.bytes_per_residual
         )

@@ -143,6 +143,7 @@ class Index:
         kmeans_niter: int = 4,
         store_texts: bool = False,
         store_fields: bool = True,
+        store_vectors: bool = False,
         embeddings: Sequence[Any] | None = None,
         expected_documents: int | None = None,
         settings: SearchSettings | None = None,
@@ -163,7 +164,9 @@ class Index:
         scores for recall-critical use, dim / 4 the smallest index) or ``"scalar"`` (ColBERTv2's
         ``nbits`` = 2 or 4 bits per value). ``store_fields``: keep each row's JSON fields (title, text,
         metadata) for filters and results; ``store_texts``: keep the encoded text (for
-        ``rerank="exact"``).
+        ``rerank="exact"``). ``store_vectors``: also keep every token vector in float16
+        (``2 * dim`` more bytes per token): search then scores its final candidates with them
+        instead of decoding residuals, near-exact and faster (the higher-recall setting).
         """
         codec_settings = CodecSettings(
             codec, nbits, residual_bytes, n_centroids, kmeans_documents, kmeans_sample, kmeans_niter, seed
@@ -188,7 +191,7 @@ class Index:
             con = storage.connect(tmp / "docs.sqlite")
             storage.create_schema(con)
             name = f"seg-{uuid.uuid4().hex[:12]}"
-            writer = storage.SegmentWriter(tmp / name, trained, 0)
+            writer = storage.SegmentWriter(tmp / name, trained, 0, store_vectors)
             con.execute("BEGIN")
             flags = {"store_texts": store_texts, "store_fields": store_fields}
             write_documents(con, writer, iter(held), **flags)
@@ -208,6 +211,7 @@ class Index:
                 "n_centroids": trained.n_centroids,
                 "store_texts": store_texts,
                 "store_fields": store_fields,
+                "store_vectors": store_vectors,
                 "search": (settings or SearchSettings()).__dict__,
                 "build": build_record(writer, started),
                 "files": storage.describe(tmp, trained.files),
@@ -247,7 +251,9 @@ class Index:
         try:
             con.execute("BEGIN IMMEDIATE")
             storage.upgrade_schema(con)
-            writer = storage.SegmentWriter(tmp_folder, self.codec, first_pid)
+            writer = storage.SegmentWriter(
+                tmp_folder, self.codec, first_pid, bool(meta.get("store_vectors", False))
+            )
             encode = make_encoder(self.model, None, batch_size)
             _, rest = encoded_chunks(read_documents(documents), encode, chunk_size)
             write_documents(con, writer, rest, **flags)
@@ -379,7 +385,10 @@ class Index:
             cscore = stages.centroid_maxsim(cs, st.codes, st.doc_starts, st.doclens, pool)
             pool = pool[stages.top(cscore, ncandidates)]
         pool.sort()
-        scores = stages.maxsim_decoded(q, cs, pool, st.doclens, self._read_tokens)
+        if all(s.vectors is not None for s in st.segments):
+            scores = stages.maxsim_vectors(q, pool, st.doclens, self._read_vectors)
+        else:
+            scores = stages.maxsim_decoded(q, cs, pool, st.doclens, self._read_tokens)
         best = stages.top(scores, k)
         return pool[best], scores[best]
 
@@ -403,6 +412,17 @@ class Index:
             np.concatenate(residuals),
             1.0 / np.maximum(np.concatenate(norms), 1e-12),
         )
+
+    def _read_vectors(self, pids: np.ndarray) -> np.ndarray:
+        """The stored float16 token vectors of the (sorted) ``pids``, as float32 (tokens, dim)."""
+        st = self.state
+        parts = []
+        segs = st.doc_segment[pids]
+        for seg_no in np.unique(segs):
+            sel = pids[segs == seg_no] if len(st.segments) > 1 else pids
+            local = stages.ranges(st.doc_starts[sel], st.doclens[sel]) - st.seg_token_base[seg_no]
+            parts.append(np.take(st.segments[seg_no].vectors, local, axis=0).astype(np.float32))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _rerank_exact(self, q: np.ndarray, pids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         texts = storage.fetch_rows(self.path, pids, "text")

@@ -147,3 +147,24 @@ def _blocks(lens: np.ndarray, block_tokens: int) -> list[int]:
     ends = np.cumsum(lens)
     cuts = np.searchsorted(ends, np.arange(block_tokens, int(ends[-1]), block_tokens), side="left") + 1
     return sorted({0, *cuts.tolist(), len(lens)})
+
+
+def maxsim_vectors(
+    q: np.ndarray,
+    pids: np.ndarray,
+    doclens: np.ndarray,
+    read: Callable[[np.ndarray], np.ndarray],
+    block_tokens: int = 1 << 16,
+) -> np.ndarray:
+    """Stage 3 of an index that stores its token vectors (``store_vectors``): MaxSim of ``q``
+    with the stored vectors of each (sorted) pid, ``sum_i max_t q_i . v_t``. ``read(pids)`` returns
+    their token vectors (tokens, dim) float32 in pid order; blocks of about ``block_tokens``."""
+    scores = np.empty(len(pids), dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    lens = doclens[pids]
+    bounds = _blocks(lens, block_tokens)
+    for a, b in itertools.pairwise(bounds):
+        sim = q @ read(pids[a:b]).T
+        blens = lens[a:b]
+        scores[a:b] = np.maximum.reduceat(sim, np.cumsum(blens) - blens, axis=1).sum(0)
+    return scores
