@@ -250,13 +250,16 @@ def run_side(cmd: list[str], out: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the comparison
-def exact_reference(data: dict[str, Any], k: int, threads: int) -> dict[str, Any]:
-    """Exact MaxSim top-k (colzero's length-grouped exact search), cached beside the vectors."""
-    path = data["folder"] / f"exact-top{k}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+def exact_reference(data: dict[str, Any], k: int, threads: int, timed: bool = True) -> dict[str, Any]:
+    """Exact MaxSim top-k (colzero's length-grouped exact search): the hits are cached beside the
+    vectors, the search is timed again in every run (``timed``) so that its q/s is measured under
+    the same load as the index rows."""
     from colzero.evaluation.retrieval import CorpusEmbeddings, search_colbert
 
+    path = data["folder"] / f"exact-top{k}.json"
+    ref = json.loads(path.read_text()) if path.exists() else None
+    if ref is not None and not timed:
+        return ref
     torch.set_num_threads(threads)
     flat = np.load(data["folder"] / "docs.npy")
     offsets = np.concatenate([[0], np.cumsum(data["doclens"])]).astype(np.int64)
@@ -264,15 +267,15 @@ def exact_reference(data: dict[str, Any], k: int, threads: int) -> dict[str, Any
     t0 = time.perf_counter()
     scores, idx = search_colbert(queries, None, CorpusEmbeddings(flat, offsets), k)
     seconds = time.perf_counter() - t0
-    ref = {
-        "search_s": seconds,
-        "hits": [
-            [[int(j), float(s)] for s, j in zip(sr, ir, strict=True)]
-            for sr, ir in zip(scores.tolist(), idx.tolist(), strict=True)
-        ],
-    }
-    path.write_text(json.dumps(ref))
-    return ref
+    del flat
+    hits = [
+        [[int(j), float(s)] for s, j in zip(sr, ir, strict=True)]
+        for sr, ir in zip(scores.tolist(), idx.tolist(), strict=True)
+    ]
+    if ref is None:
+        ref = {"hits": hits}
+        path.write_text(json.dumps(ref))
+    return {**ref, "search_s": seconds}
 
 
 def evaluate_hits(data: dict[str, Any], hits: list, exact: list, k: int = 10) -> dict[str, float]:
@@ -298,7 +301,19 @@ def evaluate_hits(data: dict[str, Any], hits: list, exact: list, k: int = 10) ->
     }
 
 
+def peer_row_path(cfg: dict[str, Any], data: dict[str, Any]) -> Path:
+    key = "-".join(f"{k}{v}" for k, v in sorted({**cfg["build"], **cfg["search"]}.items()))
+    return data["folder"] / f"fastplaid-{key}.row.json"
+
+
 def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list, args) -> dict[str, Any]:
+    """One row: build and search (colzero), or search fast-plaid's kept index (built once). With
+    ``--reuse-peer-rows`` a fast-plaid row measured by an earlier run is taken as it was (its
+    ``measured_at`` says when: its q/s was then measured under that run's load)."""
+    if cfg["engine"] == "fast-plaid" and args.reuse_peer_rows and peer_row_path(cfg, data).exists():
+        row = json.loads(peer_row_path(cfg, data).read_text())
+        print(json.dumps({name: row}), flush=True)
+        return row
     folder, n_tok = data["folder"], int(data["doclens"].sum())
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         index_dir, bout, sout = Path(tmp) / "index", Path(tmp) / "build.json", Path(tmp) / "search.json"
@@ -373,7 +388,10 @@ def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list
         "search_s_all": search["search_s_all"],
         "build_record": {k: build[k] for k in ("built_at", "command") if k in build},
         **evaluate_hits(data, [[(d, s) for d, s in r] for r in hits], exact),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if cfg["engine"] == "fast-plaid":
+        peer_row_path(cfg, data).write_text(json.dumps(row))
     print(json.dumps({name: row}), flush=True)
     return row
 
@@ -400,14 +418,21 @@ class SyntheticVectors:
         return out
 
 
-def synthetic_side(n_tokens: int, index_dir: str, out: str, threads: int) -> None:
+def synthetic_side(n_tokens: int, index_dir: str, out: str, threads: int, centroids: int) -> None:
     torch.set_num_threads(threads)
     from colzero.index import Index
 
     vecs = SyntheticVectors(n_tokens // 100, 128)
     ids = ((str(i), "") for i in range(len(vecs)))
     t0 = time.perf_counter()
-    idx = Index.build(Fingerprint("synthetic"), ids, index_dir, embeddings=vecs, expected_documents=len(vecs))
+    idx = Index.build(
+        Fingerprint("synthetic"),
+        ids,
+        index_dir,
+        embeddings=vecs,
+        expected_documents=len(vecs),
+        n_centroids=centroids or None,
+    )
     st = idx.stats()
     result = {
         "build_s": round(time.perf_counter() - t0, 1),
@@ -435,7 +460,7 @@ def synthetic_build(n_tokens: int, args) -> dict[str, Any]:
             str(Path(tmp) / "index"),
             str(out),
         ]
-        return run_side([*cmd, str(args.threads)], out)
+        return run_side([*cmd, str(args.threads), str(args.synthetic_centroids)], out)
 
 
 TABLE = [
@@ -467,7 +492,19 @@ def main(argv=None) -> int:
         "--peer-repeats", type=int, default=1, help="timed search passes per fast-plaid row (each minutes)"
     )
     p.add_argument("--rebuild-peers", action="store_true", help="rebuild fast-plaid's kept indexes")
+    p.add_argument(
+        "--reuse-peer-rows",
+        action="store_true",
+        help="take fast-plaid rows measured by an earlier run (kept beside the vectors) instead of "
+        "searching again (a search pass takes minutes on 2 cores); the rows say when they were measured",
+    )
     p.add_argument("--synthetic-tokens", type=int, default=None, help="only the streamed synthetic build")
+    p.add_argument(
+        "--synthetic-centroids",
+        type=int,
+        default=0,
+        help="centroids of the synthetic build (0: PLAID's rule)",
+    )
     p.add_argument("--work", default=None, help="folder for the temporary indexes (default: the temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write the results JSON here")
     args = p.parse_args(argv)
@@ -492,6 +529,7 @@ def main(argv=None) -> int:
         return 0
     results: dict[str, Any] = {
         "model": str(args.model or "MiniLM, seeded projection"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "threads": args.threads,
     }
     rows = []
@@ -544,7 +582,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:3] == ["--side", "synthetic"]:
-        synthetic_side(int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))
+        synthetic_side(int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--side":
         colzero_side(sys.argv[2:])
     else:
