@@ -57,6 +57,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["Index", "IndexCorruptError", "ModelMismatchError", "SearchSettings"]
 
 
+#: queries whose centroid scores are computed in one GEMM (their (tokens, centroids) block is
+#: the search's largest temporary: 16 queries x 32 tokens x 65,536 centroids x 4 B = 128 MB)
+QUERY_BLOCK = 16
+
+
 class ModelMismatchError(ValueError):
     """The query model is not the model the index was built with."""
 
@@ -340,10 +345,12 @@ class Index:
         ncandidates = max(k, ncandidates or self.settings.ncandidates)
         if not qvecs:
             return []
-        cscores = np.concatenate(qvecs) @ self.codec.centroids.T  # one GEMM for the batch
         results = []
-        start = 0
-        for q in qvecs:
+        cscores, start = np.zeros((0, 0), np.float32), 0
+        for n, q in enumerate(qvecs):
+            if n % QUERY_BLOCK == 0:  # one GEMM per block of queries: (tokens, centroids) scores
+                cscores = np.concatenate(qvecs[n : n + QUERY_BLOCK]) @ self.codec.centroids.T
+                start = 0
             cs = cscores[start : start + len(q)]
             start += len(q)
             depth = k if rerank is None else 4 * k
