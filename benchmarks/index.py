@@ -321,19 +321,19 @@ def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list
         index_dir, bout, sout = Path(tmp) / "index", Path(tmp) / "build.json", Path(tmp) / "search.json"
         if cfg["engine"] == "colzero":
             base = [sys.executable, __file__, "--side"]
-            build = run_side(
-                [
-                    *base,
-                    "build",
-                    str(folder),
-                    str(index_dir),
-                    str(bout),
-                    json.dumps(cfg["build"]),
-                    str(args.threads),
-                    "1",
-                ],
-                bout,
-            )
+            build_cmd = [*base, "build", str(folder), str(index_dir), str(bout), json.dumps(cfg["build"])]
+            key = "-".join(f"{k}{v}" for k, v in sorted(cfg["build"].items())) or "default"
+            kept, record = folder / f"colzero-{key}", folder / f"colzero-{key}.build.json"
+            if args.keep_colzero and record.exists() and kept.exists():
+                build, index_dir = json.loads(record.read_text()), kept
+            else:
+                build = run_side([*build_cmd, str(args.threads), "1"], bout)
+                build["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                if args.keep_colzero:  # kept beside the vectors with its build figures
+                    shutil.rmtree(kept, ignore_errors=True)
+                    shutil.move(str(index_dir), kept)
+                    record.write_text(json.dumps(build))
+                    index_dir = kept
             search = run_side(
                 [
                     *base,
@@ -494,6 +494,12 @@ def main(argv=None) -> int:
         "--peer-repeats", type=int, default=1, help="timed search passes per fast-plaid row (each minutes)"
     )
     p.add_argument("--rebuild-peers", action="store_true", help="rebuild fast-plaid's kept indexes")
+    p.add_argument(
+        "--keep-colzero",
+        action="store_true",
+        help="keep colzero's indexes beside the vectors (with their build figures) and search a kept "
+        "one instead of building it again",
+    )
     p.add_argument(
         "--reuse-peer-rows",
         action="store_true",
