@@ -185,6 +185,15 @@ class Fingerprint:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``: the high-water mark of its own address space, which
+    ``ru_maxrss`` is not: Linux carries a parent's RSS at fork through exec into it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
