@@ -23,6 +23,19 @@ def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process's own address space (``VmHWM``; ``ru_maxrss`` would include the
+    parent's RSS at fork, which Linux carries through exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("step", choices=["build", "search"])
@@ -62,7 +75,7 @@ def main() -> None:
         result["search_s"] = time.perf_counter() - t0
         result["queries"] = len(queries)
         result["hits"] = [[[int(d), float(s)] for d, s in row] for row in hits]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     with open(args.out, "w") as f:
         json.dump(result, f)
 

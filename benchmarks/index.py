@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,16 +56,19 @@ SHARED = Path(os.environ.get("COLZERO_SHARED", REPO.parent / "shared"))
 #: the rows: engine, build settings, search settings
 CONFIGS: dict[str, dict[str, Any]] = {
     "colzero default": {"engine": "colzero", "build": {}, "search": {}},
+    # the documented higher-recall setting: the token vectors kept in float16 as well, which
+    # score the final candidates (stage 3) instead of decoded residuals; twice the candidates
     "colzero recall": {
         "engine": "colzero",
-        "build": {"residual_bytes": 128},
-        "search": {"nprobe": 8, "ncandidates": 512},
+        "build": {"store_vectors": True},
+        "search": {"ncandidates": 512},
     },
     "fast-plaid default": {"engine": "fast-plaid", "build": {"nbits": 4}, "search": {}},
+    # the same nbits-4 index as the default row, searched wider (a build takes minutes here)
     "fast-plaid recall": {
         "engine": "fast-plaid",
-        "build": {"nbits": 8},
-        "search": {"n_ivf_probe": 16, "n_full_scores": 8192},
+        "build": {"nbits": 4},
+        "search": {"n_ivf_probe": 32, "n_full_scores": 8192},
     },
 }
 
@@ -181,6 +185,15 @@ class Fingerprint:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (``VmHWM``: the high-water mark of its own address space, which
+    ``ru_maxrss`` is not: Linux carries a parent's RSS at fork through exec into it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -219,6 +232,27 @@ def colzero_side(argv: list[str]) -> None:
     Path(out).write_text(json.dumps(result))
 
 
+def fastplaid_build(
+    side: list[str], flags: list[str], settings: dict[str, Any], folder: Path, args
+) -> tuple[dict[str, Any], Path]:
+    """fast-plaid's index of the cached vectors with ``settings``, built once (a build takes
+    minutes on 2 cores) and kept beside the vectors with its build figures; every run searches it
+    again, so q/s is always measured in the same run as colzero's. ``--rebuild-peers`` rebuilds."""
+    key = "-".join(f"{k}{v}" for k, v in sorted(settings.items())) or "default"
+    index_dir, record = folder / f"fastplaid-{key}", folder / f"fastplaid-{key}.build.json"
+    if record.exists() and index_dir.exists() and not args.rebuild_peers:
+        return json.loads(record.read_text()), index_dir
+    shutil.rmtree(index_dir, ignore_errors=True)
+    tmp_out = folder / f".fastplaid-{key}.json"
+    cmd = [*side, "build", str(folder), str(index_dir), str(tmp_out), *flags]
+    build = run_side([*cmd, *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]], tmp_out)
+    build["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    build["command"] = " ".join(cmd)
+    record.write_text(json.dumps(build))
+    tmp_out.unlink()
+    return build, index_dir
+
+
 def run_side(cmd: list[str], out: Path) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -227,13 +261,16 @@ def run_side(cmd: list[str], out: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the comparison
-def exact_reference(data: dict[str, Any], k: int, threads: int) -> dict[str, Any]:
-    """Exact MaxSim top-k (colzero's length-grouped exact search), cached beside the vectors."""
-    path = data["folder"] / f"exact-top{k}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+def exact_reference(data: dict[str, Any], k: int, threads: int, timed: bool = True) -> dict[str, Any]:
+    """Exact MaxSim top-k (colzero's length-grouped exact search): the hits are cached beside the
+    vectors, the search is timed again in every run (``timed``) so that its q/s is measured under
+    the same load as the index rows."""
     from colzero.evaluation.retrieval import CorpusEmbeddings, search_colbert
 
+    path = data["folder"] / f"exact-top{k}.json"
+    ref = json.loads(path.read_text()) if path.exists() else None
+    if ref is not None and not timed:
+        return ref
     torch.set_num_threads(threads)
     flat = np.load(data["folder"] / "docs.npy")
     offsets = np.concatenate([[0], np.cumsum(data["doclens"])]).astype(np.int64)
@@ -241,15 +278,15 @@ def exact_reference(data: dict[str, Any], k: int, threads: int) -> dict[str, Any
     t0 = time.perf_counter()
     scores, idx = search_colbert(queries, None, CorpusEmbeddings(flat, offsets), k)
     seconds = time.perf_counter() - t0
-    ref = {
-        "search_s": seconds,
-        "hits": [
-            [[int(j), float(s)] for s, j in zip(sr, ir, strict=True)]
-            for sr, ir in zip(scores.tolist(), idx.tolist(), strict=True)
-        ],
-    }
-    path.write_text(json.dumps(ref))
-    return ref
+    del flat
+    hits = [
+        [[int(j), float(s)] for s, j in zip(sr, ir, strict=True)]
+        for sr, ir in zip(scores.tolist(), idx.tolist(), strict=True)
+    ]
+    if ref is None:
+        ref = {"hits": hits}
+        path.write_text(json.dumps(ref))
+    return {**ref, "search_s": seconds}
 
 
 def evaluate_hits(data: dict[str, Any], hits: list, exact: list, k: int = 10) -> dict[str, float]:
@@ -275,25 +312,37 @@ def evaluate_hits(data: dict[str, Any], hits: list, exact: list, k: int = 10) ->
     }
 
 
+def peer_row_path(cfg: dict[str, Any], data: dict[str, Any]) -> Path:
+    key = "-".join(f"{k}{v}" for k, v in sorted({**cfg["build"], **cfg["search"]}.items()))
+    return data["folder"] / f"fastplaid-{key}.row.json"
+
+
 def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list, args) -> dict[str, Any]:
+    """One row: build and search (colzero), or search fast-plaid's kept index (built once). With
+    ``--reuse-peer-rows`` a fast-plaid row measured by an earlier run is taken as it was (its
+    ``measured_at`` says when: its q/s was then measured under that run's load)."""
+    if cfg["engine"] == "fast-plaid" and args.reuse_peer_rows and peer_row_path(cfg, data).exists():
+        row = json.loads(peer_row_path(cfg, data).read_text())
+        print(json.dumps({name: row}), flush=True)
+        return row
     folder, n_tok = data["folder"], int(data["doclens"].sum())
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         index_dir, bout, sout = Path(tmp) / "index", Path(tmp) / "build.json", Path(tmp) / "search.json"
         if cfg["engine"] == "colzero":
             base = [sys.executable, __file__, "--side"]
-            build = run_side(
-                [
-                    *base,
-                    "build",
-                    str(folder),
-                    str(index_dir),
-                    str(bout),
-                    json.dumps(cfg["build"]),
-                    str(args.threads),
-                    "1",
-                ],
-                bout,
-            )
+            build_cmd = [*base, "build", str(folder), str(index_dir), str(bout), json.dumps(cfg["build"])]
+            key = "-".join(f"{k}{v}" for k, v in sorted(cfg["build"].items())) or "default"
+            kept, record = folder / f"colzero-{key}", folder / f"colzero-{key}.build.json"
+            if args.keep_colzero and record.exists() and kept.exists():
+                build, index_dir = json.loads(record.read_text()), kept
+            else:
+                build = run_side([*build_cmd, str(args.threads), "1"], bout)
+                build["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                if args.keep_colzero:  # kept beside the vectors with its build figures
+                    shutil.rmtree(kept, ignore_errors=True)
+                    shutil.move(str(index_dir), kept)
+                    record.write_text(json.dumps(build))
+                    index_dir = kept
             search = run_side(
                 [
                     *base,
@@ -312,20 +361,9 @@ def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list
         else:
             side = [args.fastplaid_python, str(Path(__file__).with_name("fastplaid_side.py"))]
             flags = [f"--threads={args.threads}"]
-            build = run_side(
-                [
-                    *side,
-                    "build",
-                    str(folder),
-                    str(index_dir),
-                    str(bout),
-                    *flags,
-                    *[f"--{k.replace('_', '-')}={v}" for k, v in cfg["build"].items()],
-                ],
-                bout,
-            )
+            build, index_dir = fastplaid_build(side, flags, cfg["build"], folder, args)
             times, search = [], {}
-            for _ in range(args.repeats):
+            for _ in range(args.peer_repeats):
                 search = run_side(
                     [
                         *side,
@@ -359,8 +397,12 @@ def run_config(name: str, cfg: dict[str, Any], data: dict[str, Any], exact: list
         "search_peak_rss_mb": round(search["peak_rss_mb"]),
         "qps": round(len(hits) / search["search_s"], 2),
         "search_s_all": search["search_s_all"],
+        "build_record": {k: build[k] for k in ("built_at", "command") if k in build},
         **evaluate_hits(data, [[(d, s) for d, s in r] for r in hits], exact),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if cfg["engine"] == "fast-plaid":
+        peer_row_path(cfg, data).write_text(json.dumps(row))
     print(json.dumps({name: row}), flush=True)
     return row
 
@@ -387,14 +429,21 @@ class SyntheticVectors:
         return out
 
 
-def synthetic_side(n_tokens: int, index_dir: str, out: str, threads: int) -> None:
+def synthetic_side(n_tokens: int, index_dir: str, out: str, threads: int, centroids: int) -> None:
     torch.set_num_threads(threads)
     from colzero.index import Index
 
     vecs = SyntheticVectors(n_tokens // 100, 128)
     ids = ((str(i), "") for i in range(len(vecs)))
     t0 = time.perf_counter()
-    idx = Index.build(Fingerprint("synthetic"), ids, index_dir, embeddings=vecs, expected_documents=len(vecs))
+    idx = Index.build(
+        Fingerprint("synthetic"),
+        ids,
+        index_dir,
+        embeddings=vecs,
+        expected_documents=len(vecs),
+        n_centroids=centroids or None,
+    )
     st = idx.stats()
     result = {
         "build_s": round(time.perf_counter() - t0, 1),
@@ -422,7 +471,7 @@ def synthetic_build(n_tokens: int, args) -> dict[str, Any]:
             str(Path(tmp) / "index"),
             str(out),
         ]
-        return run_side([*cmd, str(args.threads)], out)
+        return run_side([*cmd, str(args.threads), str(args.synthetic_centroids)], out)
 
 
 TABLE = [
@@ -449,8 +498,30 @@ def main(argv=None) -> int:
         "--fastplaid-python", default=os.environ.get("FASTPLAID_PYTHON", "/tmp/fastplaid-venv/bin/python")
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3, help="timed search passes per row (median)")
+    p.add_argument("--repeats", type=int, default=3, help="timed search passes per colzero row (median)")
+    p.add_argument(
+        "--peer-repeats", type=int, default=1, help="timed search passes per fast-plaid row (each minutes)"
+    )
+    p.add_argument("--rebuild-peers", action="store_true", help="rebuild fast-plaid's kept indexes")
+    p.add_argument(
+        "--keep-colzero",
+        action="store_true",
+        help="keep colzero's indexes beside the vectors (with their build figures) and search a kept "
+        "one instead of building it again",
+    )
+    p.add_argument(
+        "--reuse-peer-rows",
+        action="store_true",
+        help="take fast-plaid rows measured by an earlier run (kept beside the vectors) instead of "
+        "searching again (a search pass takes minutes on 2 cores); the rows say when they were measured",
+    )
     p.add_argument("--synthetic-tokens", type=int, default=None, help="only the streamed synthetic build")
+    p.add_argument(
+        "--synthetic-centroids",
+        type=int,
+        default=0,
+        help="centroids of the synthetic build (0: PLAID's rule)",
+    )
     p.add_argument("--work", default=None, help="folder for the temporary indexes (default: the temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write the results JSON here")
     args = p.parse_args(argv)
@@ -475,6 +546,7 @@ def main(argv=None) -> int:
         return 0
     results: dict[str, Any] = {
         "model": str(args.model or "MiniLM, seeded projection"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "threads": args.threads,
     }
     rows = []
@@ -527,7 +599,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:3] == ["--side", "synthetic"]:
-        synthetic_side(int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))
+        synthetic_side(int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--side":
         colzero_side(sys.argv[2:])
     else:

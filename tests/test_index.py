@@ -20,6 +20,7 @@ from colzero.index import (
     ModelMismatchError,
     PQResidualCodec,
     ResidualCodec,
+    SearchSettings,
     default_num_centroids,
     exact_search,
     load_codec,
@@ -94,6 +95,28 @@ def test_codec_roundtrip_and_sizes(tmp_path):
         and default_num_centroids(10) == 32
         and default_num_centroids(1) == 16
     )
+
+
+def test_one_dimension_pq_encodes_like_faiss_and_centroids_are_stored_in_half_precision(tmp_path):
+    """M = dim (1-d sub-vectors) is encoded by binary search over each dimension's sorted levels;
+    it must pick faiss's nearest level (the same squared error, the same codes up to exact ties)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pq = PQResidualCodec.train(x, 16, bytes_per_residual=32, niter=3)
+    codes, packed = pq.compress(x)
+    residual = x - pq.centroids[codes.astype(np.int64)]
+    reference = pq._quantizer().compute_codes(np.ascontiguousarray(residual))
+    ours_err = np.square(pq.decode_residuals(packed) - residual).sum(axis=1)
+    faiss_err = np.square(pq.decode_residuals(reference) - residual).sum(axis=1)
+    np.testing.assert_allclose(ours_err, faiss_err, rtol=1e-5, atol=1e-9)
+    assert (packed == reference).mean() > 0.999
+    # centroids trained here are float16 values: stored in float16, loaded back exactly
+    folder = tmp_path / "codec"
+    folder.mkdir()
+    meta = pq.save(folder)
+    assert np.load(folder / "centroids.npy").dtype == np.float16
+    assert np.array_equal(load_codec(folder, meta).centroids, pq.centroids)
 
 
 def test_roundtrip_search(built, model):
@@ -313,3 +336,34 @@ def test_cli_build_search_delete(tmp_path, capsys):
     other = make_colbert(seed=4).save(tmp_path / "other")
     assert main(["search", str(out), "fox", "--model", str(other)]) == 1
     assert "fingerprint" in capsys.readouterr().err
+
+
+def test_stored_vectors_score_the_candidates_with_the_float16_vectors(tmp_path):
+    """``store_vectors``: stage 3 is MaxSim against the stored float16 vectors, so with every
+    document a candidate the results are exact MaxSim over those vectors (float64 reference);
+    an index without them decodes residuals instead (different scores); ``add`` keeps storing them."""
+    model = make_colbert()
+    dim = model.config.embedding_dim
+    rng = np.random.default_rng(5)
+    docs = []
+    for _ in range(60):
+        v = rng.normal(size=(int(rng.integers(3, 12)), dim)).astype(np.float32)
+        docs.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+    rows = [(f"d{i}", "x") for i in range(60)]
+    kw = {"embeddings": docs, "n_centroids": 8, "settings": SearchSettings(nprobe=2, ncandidates=64)}
+    with_vectors = Index.build(model, rows, tmp_path / "v", store_vectors=True, **kw)
+    without = Index.build(model, rows, tmp_path / "n", **kw)
+    q = rng.normal(size=(5, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ref = np.array(
+        [(q.astype(np.float64) @ d.astype(np.float16).astype(np.float64).T).max(1).sum() for d in docs]
+    )
+    order = np.lexsort((np.arange(60), -ref))[:10]
+    got = with_vectors.search([q], k=10)[0]
+    assert [d for d, _ in got] == [f"d{i}" for i in order]
+    np.testing.assert_allclose([s for _, s in got], ref[order], rtol=1e-5)
+    assert [s for _, s in without.search([q], k=10)[0]] != [s for _, s in got]
+    extra = with_vectors.stats()["bytes_per_token_vectors"] - without.stats()["bytes_per_token_vectors"]
+    assert extra == pytest.approx(2 * dim, abs=0.5)  # + the .npy header
+    assert with_vectors.add([("new", "a few words here")]) == 1
+    assert all(s.vectors is not None for s in Index.load(tmp_path / "v", model).segments)

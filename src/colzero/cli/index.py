@@ -37,6 +37,7 @@ def _build(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "store_texts": args.store_texts,
         "store_fields": not args.no_store_fields,
+        "store_vectors": args.store_vectors,
         "settings": SearchSettings(
             **{k: v for k, v in (("nprobe", args.nprobe), ("ncandidates", args.ncandidates)) if v is not None}
         ),
@@ -165,6 +166,12 @@ def register(subparsers) -> None:
     b.add_argument("--nprobe", type=int, default=None, help="search default stored with the index")
     b.add_argument("--ncandidates", type=int, default=None, help="search default stored with the index")
     b.add_argument("--store-texts", action="store_true", help="keep texts (enables rerank=exact)")
+    b.add_argument(
+        "--store-vectors",
+        action="store_true",
+        help="also keep the token vectors in float16 (2 * dim bytes per token more): the final "
+        "candidates are scored with them (near-exact recall; pair with a wider --ncandidates)",
+    )
     b.add_argument(
         "--no-store-fields",
         action="store_true",

@@ -90,13 +90,22 @@ def make_encoder(model: Any, embeddings: Sequence[Any] | None, batch_size: int) 
 def train_codec(sample_docs: list[np.ndarray], estimated_tokens: int, settings: CodecSettings) -> Codec:
     """k-means + residual quantiser on up to ``kmeans_sample`` tokens of ``sample_docs`` (seeded)."""
     n_centroids = settings.n_centroids or default_num_centroids(int(estimated_tokens))
-    flat = np.concatenate(sample_docs) if sample_docs else np.zeros((0, 0), np.float32)
-    if len(flat) == 0:
+    lens = np.array([len(d) for d in sample_docs], dtype=np.int64)
+    total = int(lens.sum())
+    if total == 0:
         raise ValueError("cannot train an index codec on zero token vectors")
     rng = np.random.default_rng(settings.seed)
     size = min(settings.kmeans_sample, 64 * n_centroids)  # faiss uses at most 256 per centroid anyway
-    if len(flat) > size:
-        flat = flat[np.sort(rng.choice(len(flat), size, replace=False))]
+    # the sampled rows of the documents' concatenation, gathered document by document (the
+    # concatenation itself is never made: it would be a second copy of the held documents)
+    rows = np.sort(rng.choice(total, size, replace=False)) if total > size else np.arange(total)
+    starts = np.cumsum(lens) - lens
+    owner = np.searchsorted(starts, rows, side="right") - 1
+    flat = np.empty((len(rows), sample_docs[0].shape[1]), dtype=np.float32)
+    cuts = np.flatnonzero(np.diff(owner)) + 1
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)], strict=True):
+        d = owner[a]
+        flat[a:b] = sample_docs[d][rows[a:b] - starts[d]]
     # faiss warns below 39 points per centroid; cap so k-means stays meaningful
     n_centroids = max(1, min(n_centroids, len(flat) // 8 or 1))
     kw = {"niter": settings.kmeans_niter, "seed": settings.seed}

@@ -57,6 +57,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["Index", "IndexCorruptError", "ModelMismatchError", "SearchSettings"]
 
 
+#: queries whose centroid scores are computed in one GEMM (their (tokens, centroids) block is
+#: the search's largest temporary: 16 queries x 32 tokens x 65,536 centroids x 4 B = 128 MB)
+QUERY_BLOCK = 16
+
+
 class ModelMismatchError(ValueError):
     """The query model is not the model the index was built with."""
 
@@ -143,6 +148,7 @@ class Index:
         kmeans_niter: int = 4,
         store_texts: bool = False,
         store_fields: bool = True,
+        store_vectors: bool = False,
         embeddings: Sequence[Any] | None = None,
         expected_documents: int | None = None,
         settings: SearchSettings | None = None,
@@ -163,7 +169,9 @@ class Index:
         scores for recall-critical use, dim / 4 the smallest index) or ``"scalar"`` (ColBERTv2's
         ``nbits`` = 2 or 4 bits per value). ``store_fields``: keep each row's JSON fields (title, text,
         metadata) for filters and results; ``store_texts``: keep the encoded text (for
-        ``rerank="exact"``).
+        ``rerank="exact"``). ``store_vectors``: also keep every token vector in float16
+        (``2 * dim`` more bytes per token): search then scores its final candidates with them
+        instead of decoding residuals, near-exact and faster (the higher-recall setting).
         """
         codec_settings = CodecSettings(
             codec, nbits, residual_bytes, n_centroids, kmeans_documents, kmeans_sample, kmeans_niter, seed
@@ -188,7 +196,7 @@ class Index:
             con = storage.connect(tmp / "docs.sqlite")
             storage.create_schema(con)
             name = f"seg-{uuid.uuid4().hex[:12]}"
-            writer = storage.SegmentWriter(tmp / name, trained, 0)
+            writer = storage.SegmentWriter(tmp / name, trained, 0, store_vectors)
             con.execute("BEGIN")
             flags = {"store_texts": store_texts, "store_fields": store_fields}
             write_documents(con, writer, iter(held), **flags)
@@ -208,6 +216,7 @@ class Index:
                 "n_centroids": trained.n_centroids,
                 "store_texts": store_texts,
                 "store_fields": store_fields,
+                "store_vectors": store_vectors,
                 "search": (settings or SearchSettings()).__dict__,
                 "build": build_record(writer, started),
                 "files": storage.describe(tmp, trained.files),
@@ -247,7 +256,9 @@ class Index:
         try:
             con.execute("BEGIN IMMEDIATE")
             storage.upgrade_schema(con)
-            writer = storage.SegmentWriter(tmp_folder, self.codec, first_pid)
+            writer = storage.SegmentWriter(
+                tmp_folder, self.codec, first_pid, bool(meta.get("store_vectors", False))
+            )
             encode = make_encoder(self.model, None, batch_size)
             _, rest = encoded_chunks(read_documents(documents), encode, chunk_size)
             write_documents(con, writer, rest, **flags)
@@ -334,10 +345,12 @@ class Index:
         ncandidates = max(k, ncandidates or self.settings.ncandidates)
         if not qvecs:
             return []
-        cscores = np.concatenate(qvecs) @ self.codec.centroids.T  # one GEMM for the batch
         results = []
-        start = 0
-        for q in qvecs:
+        cscores, start = np.zeros((0, 0), np.float32), 0
+        for n, q in enumerate(qvecs):
+            if n % QUERY_BLOCK == 0:  # one GEMM per block of queries: (tokens, centroids) scores
+                cscores = np.concatenate(qvecs[n : n + QUERY_BLOCK]) @ self.codec.centroids.T
+                start = 0
             cs = cscores[start : start + len(q)]
             start += len(q)
             depth = k if rerank is None else 4 * k
@@ -379,7 +392,10 @@ class Index:
             cscore = stages.centroid_maxsim(cs, st.codes, st.doc_starts, st.doclens, pool)
             pool = pool[stages.top(cscore, ncandidates)]
         pool.sort()
-        scores = stages.maxsim_decoded(q, cs, pool, st.doclens, self._read_tokens)
+        if all(s.vectors is not None for s in st.segments):
+            scores = stages.maxsim_vectors(q, pool, st.doclens, self._read_vectors)
+        else:
+            scores = stages.maxsim_decoded(q, cs, pool, st.doclens, self._read_tokens)
         best = stages.top(scores, k)
         return pool[best], scores[best]
 
@@ -403,6 +419,17 @@ class Index:
             np.concatenate(residuals),
             1.0 / np.maximum(np.concatenate(norms), 1e-12),
         )
+
+    def _read_vectors(self, pids: np.ndarray) -> np.ndarray:
+        """The stored float16 token vectors of the (sorted) ``pids``, as float32 (tokens, dim)."""
+        st = self.state
+        parts = []
+        segs = st.doc_segment[pids]
+        for seg_no in np.unique(segs):
+            sel = pids[segs == seg_no] if len(st.segments) > 1 else pids
+            local = stages.ranges(st.doc_starts[sel], st.doclens[sel]) - st.seg_token_base[seg_no]
+            parts.append(np.take(st.segments[seg_no].vectors, local, axis=0).astype(np.float32))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _rerank_exact(self, q: np.ndarray, pids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         texts = storage.fetch_rows(self.path, pids, "text")
@@ -432,7 +459,8 @@ class Index:
         vec_bytes = sum(
             (self.path / s.name / n).stat().st_size
             for s in self.segments
-            for n in ("codes.npy", "residuals.npy")
+            for n in storage.TOKEN_FILES
+            if n in s.files
         )
         n_tok = int(self.doclens.sum())
         return {

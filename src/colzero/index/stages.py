@@ -23,7 +23,6 @@ import itertools
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 
 def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -55,7 +54,8 @@ def probe(cs: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     nq, n_centroids = cs.shape
     nprobe = min(nprobe, n_centroids)
     if nprobe < n_centroids:
-        ids = torch.topk(torch.from_numpy(cs), nprobe, dim=1, sorted=False).indices.numpy()
+        # numpy, single-threaded: torch's thread pool costs more than this work on a busy CPU
+        ids = np.argpartition(-cs, nprobe - 1, axis=1)[:, :nprobe]
     else:
         ids = np.tile(np.arange(n_centroids), (nq, 1))
     return ids, np.take_along_axis(cs, ids, axis=1)
@@ -82,12 +82,11 @@ def candidate_pool(
     nu = len(uniq)
     floor = probe_scores.min(axis=1)
     rows = np.repeat(np.arange(0, nq * nu, nu).repeat(nprobe), lens)
-    approx = torch.from_numpy(floor)[:, None].expand(nq, nu).contiguous().view(-1)
-    vals = torch.from_numpy(np.repeat(probe_scores.ravel(), lens))
-    approx.scatter_reduce_(0, torch.from_numpy(rows + inv), vals, "amax")
+    approx = np.repeat(floor.astype(np.float32), nu)
+    np.maximum.at(approx, rows + inv, np.repeat(probe_scores.ravel(), lens))
     # numpy adds the rows one after another for every column alike, so documents with the same
-    # per-token values tie exactly (torch's sum over dim 0 rounds the last columns differently)
-    scores = approx.view(nq, nu).numpy().sum(0)
+    # per-token values tie exactly
+    scores = approx.reshape(nq, nu).sum(0)
     keep = allowed[uniq]
     uniq, scores = uniq[keep], scores[keep]
     if len(uniq) >= n:
@@ -147,3 +146,24 @@ def _blocks(lens: np.ndarray, block_tokens: int) -> list[int]:
     ends = np.cumsum(lens)
     cuts = np.searchsorted(ends, np.arange(block_tokens, int(ends[-1]), block_tokens), side="left") + 1
     return sorted({0, *cuts.tolist(), len(lens)})
+
+
+def maxsim_vectors(
+    q: np.ndarray,
+    pids: np.ndarray,
+    doclens: np.ndarray,
+    read: Callable[[np.ndarray], np.ndarray],
+    block_tokens: int = 1 << 16,
+) -> np.ndarray:
+    """Stage 3 of an index that stores its token vectors (``store_vectors``): MaxSim of ``q``
+    with the stored vectors of each (sorted) pid, ``sum_i max_t q_i . v_t``. ``read(pids)`` returns
+    their token vectors (tokens, dim) float32 in pid order; blocks of about ``block_tokens``."""
+    scores = np.empty(len(pids), dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    lens = doclens[pids]
+    bounds = _blocks(lens, block_tokens)
+    for a, b in itertools.pairwise(bounds):
+        sim = q @ read(pids[a:b]).T
+        blens = lens[a:b]
+        scores[a:b] = np.maximum.reduceat(sim, np.cumsum(blens) - blens, axis=1).sum(0)
+    return scores

@@ -49,8 +49,11 @@ from colzero.index.stages import ranges
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no fields / origin columns (read as empty)
 SEGMENT_FILES = ("codes.npy", "residuals.npy", "norms.npy", "doclens.npy", "ivf.npy", "ivf_lens.npy")
+#: optional: the token vectors themselves in float16 (``store_vectors``), what search scores the
+#: final candidates with instead of decoding their residuals
+VECTORS_FILE = "vectors.npy"
 #: the files every token has a row in (what "bytes per token vector" counts)
-TOKEN_FILES = ("codes.npy", "residuals.npy", "norms.npy")
+TOKEN_FILES = ("codes.npy", "residuals.npy", "norms.npy", VECTORS_FILE)
 
 
 class IndexCorruptError(ValueError):
@@ -239,8 +242,9 @@ class SegmentWriter:
     (one int64 per distinct centroid of a document), never the segment's vectors.
     """
 
-    def __init__(self, folder: Path, codec: Codec, first_pid: int) -> None:
+    def __init__(self, folder: Path, codec: Codec, first_pid: int, store_vectors: bool = False) -> None:
         self.folder = folder
+        self.store_vectors = store_vectors
         folder.mkdir(parents=True)
         self.codec = codec
         self.first_pid = first_pid
@@ -250,19 +254,27 @@ class SegmentWriter:
         self._codes = open(folder / "codes.raw", "wb")  # noqa: SIM115 (closed in close())
         self._res = open(folder / "residuals.raw", "wb")  # noqa: SIM115 (closed in close())
         self._norms = open(folder / "norms.raw", "wb")  # noqa: SIM115 (closed in close())
+        self._vecs = open(folder / "vectors.raw", "wb") if store_vectors else None  # noqa: SIM115
         self._lens: list[np.ndarray] = []
         self._ivf: list[np.ndarray] = []  # (centroid * 2**32 + local pid) unique per doc
 
-    def write(self, vectors: Sequence[np.ndarray]) -> None:
+    def write(self, vectors: Sequence[np.ndarray], block_tokens: int = 1 << 16) -> None:
+        """Compress and append the documents ``vectors``, ``block_tokens`` tokens at a time (the
+        codec's temporaries are a few copies of one block, not of the chunk)."""
         lens = np.array([len(v) for v in vectors], dtype=np.int32)
         if len(vectors):
             flat = np.concatenate([np.asarray(v, dtype=np.float32) for v in vectors])
         else:
             flat = np.zeros((0, self.codec.dim), np.float32)
-        codes, packed = self.codec.compress(flat)
-        self._codes.write(codes.tobytes())
-        self._res.write(packed.tobytes())
-        self._norms.write(self.codec.decoded_norms(codes, packed).tobytes())
+        codes = np.empty(len(flat), dtype=code_dtype(self.codec.n_centroids))
+        for s in range(0, len(flat), block_tokens):
+            block_codes, packed = self.codec.compress(flat[s : s + block_tokens])
+            codes[s : s + len(block_codes)] = block_codes
+            self._codes.write(block_codes.tobytes())
+            self._res.write(packed.tobytes())
+            self._norms.write(self.codec.decoded_norms(block_codes, packed).tobytes())
+            if self._vecs is not None:
+                self._vecs.write(flat[s : s + block_tokens].astype(np.float16).tobytes())
         local = np.repeat(np.arange(self.n_docs, self.n_docs + len(vectors), dtype=np.int64), lens)
         self._ivf.append(np.unique(codes.astype(np.int64) * (1 << 32) + local))
         self._lens.append(lens)
@@ -274,11 +286,16 @@ class SegmentWriter:
         self._codes.close()
         self._res.close()
         self._norms.close()
+        if self._vecs is not None:
+            self._vecs.close()
         f = self.folder
         raw_to_npy(f / "codes.raw", f / "codes.npy", code_dtype(self.codec.n_centroids), (self.n_tokens,))
         shape = (self.n_tokens, self.codec.bytes_per_residual)
         raw_to_npy(f / "residuals.raw", f / "residuals.npy", np.dtype(np.uint8), shape)
         raw_to_npy(f / "norms.raw", f / "norms.npy", np.dtype(np.float32), (self.n_tokens,))
+        if self.store_vectors:
+            shape = (self.n_tokens, self.codec.dim)
+            raw_to_npy(f / "vectors.raw", f / VECTORS_FILE, np.dtype(np.float16), shape)
         np.save(f / "doclens.npy", np.concatenate(self._lens) if self._lens else np.zeros(0, np.int32))
         pairs = np.concatenate(self._ivf) if self._ivf else np.zeros(0, np.int64)
         self._ivf = []
@@ -291,13 +308,13 @@ class SegmentWriter:
         np.save(f / "ivf.npy", pids)
         np.save(f / "ivf_lens.npy", counts)
         fsync_dir(f)
-        self.files = describe(f, SEGMENT_FILES)
+        self.files = describe(f, SEGMENT_FILES + ((VECTORS_FILE,) if self.store_vectors else ()))
         return self.files
 
     def discard(self) -> None:
-        self._codes.close()
-        self._res.close()
-        self._norms.close()
+        for f in (self._codes, self._res, self._norms, self._vecs):
+            if f is not None:
+                f.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -328,6 +345,7 @@ class Segment:
     residuals: np.ndarray  # memory-mapped
     norms: np.ndarray  # memory-mapped (computed for segments written without norms.npy)
     files: dict[str, list]
+    vectors: np.ndarray | None = None  # (tokens, dim) float16, memory-mapped; with store_vectors
 
 
 @dataclass
@@ -408,6 +426,8 @@ def load_state(path: Path, verify: bool) -> IndexState:
             if "norms.npy" in files
             else _compute_norms(codec, seg.codes, seg.residuals)
         )
+        if VECTORS_FILE in files:
+            seg.vectors = np.load(folder / VECTORS_FILE, mmap_mode="r")
         lens = np.load(folder / "doclens.npy")
         if len(lens) != n_docs or len(seg.codes) != n_tokens:
             raise IndexCorruptError(f"{folder}: document/token counts disagree with docs.sqlite")
