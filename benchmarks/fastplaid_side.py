@@ -15,25 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import peak_rss_mb
 
 
 def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process's own address space (``VmHWM``; ``ru_maxrss`` would include the
-    parent's RSS at fork, which Linux carries through exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, write_result
+from _common import peak_rss_mb, print_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COLZERO_SHARED", REPO.parent / "shared"))
@@ -182,19 +181,6 @@ class Fingerprint:
 
     def fingerprint(self) -> str:
         return self._fp
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS (``VmHWM``: the high-water mark of its own address space, which
-    ``ru_maxrss`` is not: Linux carries a parent's RSS at fork through exec into it)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------- colzero's side
