@@ -498,19 +498,9 @@ def _rank_worker(rank: int, world: int, port: int, jobs: list, report: str) -> N
     import torch.distributed as dist
 
     from colzero.training.trainer import CheckpointNotVisible
+    from tests.test_trainer_distributed import become_rank
 
-    os.environ.update(
-        CUDA_VISIBLE_DEVICES="",
-        OMP_NUM_THREADS="1",
-        COLZERO_DIST_TIMEOUT_S="60",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-    )
-    torch.set_num_threads(1)
+    become_rank(rank, world, port, COLZERO_DIST_TIMEOUT_S="60")
     ended = {}
     try:
         for name, cfgs in jobs:

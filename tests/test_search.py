@@ -387,14 +387,8 @@ def test_search_on_cuda_with_a_cpu_corpus_equals_cpu():
 
 # ------------------------------------------------------------------ thin callers: mining, teacher
 
-CORPUS = {
-    "p": "neural network training loss for retrieval",
-    "a": "neural network training with a contrastive loss",
-    "b": "neural network model of the cell",
-    "c": "the fox and the dog",
-    "d": "protein folding study results",
-    "e": "gene data method",
-}
+from tests.test_data_tools import CORPUS  # noqa: E402  (the same small corpus as the data tools)
+
 QUERIES = ["neural network training loss", "fox dog", "protein results"]
 
 

@@ -153,10 +153,11 @@ def _kill_after(step: int):
     return callback
 
 
-def _worker(rank: int, world: int, port: int, jobs: list[tuple[PhaseConfig, int | None]]) -> None:
-    """Run ``jobs`` (config, kill-after step) as rank ``rank`` of ``world``, as torchrun would."""
+def become_rank(rank: int, world: int, port: int, **extra: str) -> None:
+    """This process's environment as torchrun gives it to ``rank`` of ``world`` (gloo on the CPU,
+    one thread: set before anything touches CUDA)."""
     os.environ.update(
-        CUDA_VISIBLE_DEVICES="",  # gloo on CPU, as the reference (set before anything touches CUDA)
+        CUDA_VISIBLE_DEVICES="",
         OMP_NUM_THREADS="1",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -164,8 +165,14 @@ def _worker(rank: int, world: int, port: int, jobs: list[tuple[PhaseConfig, int 
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
+        **extra,
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, jobs: list[tuple[PhaseConfig, int | None]]) -> None:
+    """Run ``jobs`` (config, kill-after step) as rank ``rank`` of ``world``, as torchrun would."""
+    become_rank(rank, world, port)
     try:
         for cfg, kill in jobs:
             with contextlib.suppress(Killed):
