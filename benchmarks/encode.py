@@ -123,9 +123,7 @@ def main() -> None:
     docs, queries = load_scifact(args.scifact, args.docs, args.queries)
     torch.manual_seed(0)
     model = ColBERT.from_pretrained(args.model, document_length=args.document_length)
-    lengths = [
-        len(ids) for ids, _ in model.tokenize_rows(model._with_prompt(docs, "document", None), "document")
-    ]
+    lengths = model.tokenize(docs, "document").attention_mask.sum(1).tolist()
     n_tok = sum(lengths)
     flops = forward_flops(model, lengths)
     cfg = model.backbone.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -23,9 +24,6 @@ from colzero.model.folder import FolderDescription, ModelLoadError
 from colzero.model.precision import Precision, autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
-
-#: texts -> (input_ids, attention_mask) per text
-Tokenizer = Callable[[list[str]], list[tuple[list[int], list[int]]]]
 
 
 FLASH_ATTENTION_2 = "flash_attention_2"
@@ -174,6 +172,51 @@ class TokenizedBatch:
         return inputs
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """How one role's token ids (``[CLS] ... [SEP]``, at most ``id_budget`` of them) become batch rows.
+
+    ``marker`` (the ColBERT ``[Q] ``/``[D] `` token), when set, goes right after the first id. Rows are
+    padded with ``pad_id`` to the longest row, or to ``width`` when that is larger (ColBERT query
+    expansion); padding is attended with ``fill_attention`` up to ``width`` and not at all beyond.
+    """
+
+    id_budget: int
+    pad_id: int
+    marker: int | None = None
+    width: int = 0
+    fill_attention: int = 0
+
+    def batch(self, rows: list[list[int]], positions: list[int], token_types: bool = False) -> TokenizedBatch:
+        """``rows`` as one padded batch: int64 ids and attention of shape (rows, width)."""
+        if not rows:
+            raise ValueError("cannot pad an empty batch")
+        lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+        extra = int(self.marker is not None)
+        if extra and int(lengths.min()) == 0:
+            raise ValueError("a row without tokens has no first token to put the marker after")
+        own = lengths + extra
+        width = max(int(own.max()), self.width)
+        columns = np.arange(width)
+        used = columns < own[:, None]
+        # one flat copy and a masked fill: per-row tensors cost ~7x more on the workers' critical path
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
+        if extra:
+            fill = used.copy()
+            fill[:, 1] = False
+            ids[fill] = flat
+            ids[:, 1] = self.marker
+        else:
+            ids[used] = flat
+        attention = used.astype(np.int64)
+        if self.fill_attention:
+            attention[:, : self.width] = 1
+        input_ids = torch.from_numpy(ids)
+        types = torch.zeros_like(input_ids) if token_types else None
+        return TokenizedBatch(input_ids, torch.from_numpy(attention), types, positions)
+
+
 class EncoderBase(nn.Module):
     """A transformers backbone and its tokenizer, with length-sorted batched encoding."""
 
@@ -227,56 +270,81 @@ class EncoderBase(nn.Module):
             inputs["token_type_ids"] = token_type_ids
         return self.backbone(**inputs).last_hidden_state
 
-    def _tokenize_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
-        """Token ids with [CLS]/[SEP], truncated to ``max_length``; no padding."""
+    # ------------------------------------------------------------------ tokenisation
+    def row_layout(self, role: Role) -> RowLayout:
+        """How ``role``'s token ids become a batch row (set by the subclass)."""
+        raise NotImplementedError
+
+    def _truncating_backend(self, max_length: int) -> Any | None:
+        """The fast tokenizer's Rust ``tokenizers.Tokenizer`` set up exactly as
+        ``tokenizer(texts, truncation=True, max_length=max_length)`` sets it (no padding), or ``None``
+        for a slow tokenizer.
+
+        One copy per setting, made once: calling the backend directly gives the same ids without the
+        per-row dicts and ``BatchEncoding`` of the Python wrapper (~11% of a training batch's
+        tokenisation, on the DataLoader workers' critical path), and never reconfigures the shared
+        tokenizer. Keyed by the vocabulary size too, so tokens added later get a fresh copy.
+        """
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+        if backend is None:
+            return None
+        split = bool(getattr(tok, "split_special_tokens", False))
+        side = tok.truncation_side
+        key = (max_length, backend.get_vocab_size(with_added_tokens=True), side, split)
+        cache: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_backends", {})
+        found = cache.get(key)
+        if found is None:
+            found = copy.deepcopy(backend)
+            found.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
+            found.no_padding()
+            if hasattr(found, "encode_special_tokens"):
+                found.encode_special_tokens = split
+            cache[key] = found
+        return found
+
+    def _token_ids(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """Token ids with [CLS]/[SEP] per text (stripped), truncated to ``max_length``; no padding."""
         stripped = [t.strip() for t in texts]
-        enc = self.tokenizer(stripped, truncation=True, max_length=max_length, add_special_tokens=True)
-        truncated = sum(1 for e in enc.encodings if e.overflowing) if enc.encodings else 0
-        if truncated:
+        backend = self._truncating_backend(max_length)
+        if backend is None:
+            enc = self.tokenizer(stripped, truncation=True, max_length=max_length, add_special_tokens=True)
+            encodings, ids = enc.encodings or [], enc["input_ids"]
+        else:
+            encodings = backend.encode_batch(stripped, add_special_tokens=True)
+            ids = [e.ids for e in encodings]
+        if logger.isEnabledFor(logging.DEBUG):
+            truncated = sum(1 for e in encodings if e.overflowing)
             logger.debug("%d of %d texts truncated to %d tokens", truncated, len(texts), max_length)
-        return enc["input_ids"]
+        return ids
 
-    def _pad(
-        self, rows: list[list[int]], attention: list[list[int]], pad_id: int, positions: list[int]
-    ) -> TokenizedBatch:
-        # one flat copy and a masked fill (per-row torch.tensor calls cost ~7x more: ~12% of a
-        # training batch's tokenisation, on the DataLoader workers' critical path)
-        if len(rows) != len(attention):
-            raise ValueError(f"{len(rows)} rows of token ids but {len(attention)} of attention")
-        columns = np.arange(max(len(r) for r in rows))
-        out = []
-        for values, fill in ((rows, pad_id), (attention, 0)):
-            lengths = np.fromiter(map(len, values), np.int64, len(values))
-            padded = np.full((len(values), len(columns)), fill, dtype=np.int64)
-            flat = np.fromiter(itertools.chain.from_iterable(values), np.int64, int(lengths.sum()))
-            padded[columns < lengths[:, None]] = flat
-            out.append(torch.from_numpy(padded))
-        ids, mask = out
-        types = torch.zeros_like(ids) if self._uses_token_type_ids else None
-        return TokenizedBatch(ids, mask, types, positions)
+    def tokenize(self, texts: list[str], role: Role, prompt: str | None = None) -> TokenizedBatch:
+        """One padded batch in input order (no sorting), e.g. for training collation: the role's
+        prompt (the config's for ``prompt=None``, none for ``""``), then :meth:`row_layout`."""
+        layout = self.row_layout(role)
+        texts = self._with_prompt(list(texts), role, prompt)
+        return layout.batch(
+            self._token_ids(texts, layout.id_budget), list(range(len(texts))), self._uses_token_type_ids
+        )
 
-    def _sorted_batches(
-        self, texts: list[str], batch_size: int, tokenize: Tokenizer, pad_id: int
-    ) -> Iterator[TokenizedBatch]:
+    def _sorted_batches(self, texts: list[str], batch_size: int, role: Role) -> Iterator[TokenizedBatch]:
         """Batches of similar length (longest first), each padded only to its own longest row."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        layout = self.row_layout(role)
         for start in range(0, len(texts), self.sort_window):
             window = texts[start : start + self.sort_window]
-            rows = tokenize(window)
-            order = sorted(range(len(window)), key=lambda i: -len(rows[i][0]))
+            ids = self._token_ids(window, layout.id_budget)
+            order = sorted(range(len(window)), key=lambda i: -len(ids[i]))
             for b in range(0, len(order), batch_size):
                 idx = order[b : b + batch_size]
-                yield self._pad(
-                    [rows[i][0] for i in idx], [rows[i][1] for i in idx], pad_id, [start + i for i in idx]
-                )
+                yield layout.batch([ids[i] for i in idx], [start + i for i in idx], self._uses_token_type_ids)
 
     def _run_batches(
         self,
         texts: list[str],
         batch_size: int,
-        tokenize: Tokenizer,
-        pad_id: int,
+        role: Role,
         embed: Callable[[TokenizedBatch], Sequence[Any]],
         precision: Precision,
         show_progress: bool,
@@ -294,7 +362,7 @@ class EncoderBase(nn.Module):
                 autocast(device, mode),
                 tqdm(total=len(texts), desc=desc, disable=not show_progress, unit="text") as bar,
             ):
-                for batch in self._sorted_batches(texts, batch_size, tokenize, pad_id):
+                for batch in self._sorted_batches(texts, batch_size, role):
                     out = embed(batch.to(device))
                     for row, pos in enumerate(batch.positions):
                         results[pos] = out[row]

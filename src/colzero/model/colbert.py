@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from colzero._version import __version__
 from colzero.model.base import (
     EncoderBase,
+    RowLayout,
     TokenizedBatch,
     apply_attn_implementation,
     check_role,
@@ -222,30 +223,18 @@ class ColBERT(EncoderBase):
         return out
 
     # ------------------------------------------------------------------ tokenisation
-    def tokenize_rows(self, texts: list[str], role: Role) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, attention_mask) per text, marker inserted, queries expanded."""
+    def row_layout(self, role: Role) -> RowLayout:
+        """Marker after ``[CLS]``, rows of at most the role's length; queries expanded with the
+        expansion token (attended if ``attend_to_expansion_tokens``) up to ``query_length``."""
         marker = self.marker_ids[role]
         length = self.config.length_for(role)
-        rows = []
         expand = role == "query" and self.config.do_query_expansion
-        attend = 1 if self.config.attend_to_expansion_tokens else 0
-        for ids in self._tokenize_ids(texts, length - (marker is not None)):
-            if marker is not None:
-                ids = [ids[0], marker, *ids[1:]]
-            attention = [1] * len(ids)
-            if expand and len(ids) < length:
-                pad = length - len(ids)
-                ids = ids + [self.expansion_token_id] * pad
-                attention = attention + [attend] * pad
-            rows.append((ids, attention))
-        return rows
-
-    def tokenize(self, texts: list[str], role: Role, prompt: str | None = None) -> TokenizedBatch:
-        """One padded batch (no sorting), e.g. for training collation."""
-        texts = self._with_prompt(list(texts), role, prompt)
-        rows = self.tokenize_rows(texts, role)
-        return self._pad(
-            [r[0] for r in rows], [r[1] for r in rows], self.expansion_token_id, list(range(len(rows)))
+        return RowLayout(
+            id_budget=length - (marker is not None),
+            pad_id=self.expansion_token_id,
+            marker=marker,
+            width=length if expand else 0,
+            fill_attention=int(expand and self.config.attend_to_expansion_tokens),
         )
 
     # ------------------------------------------------------------------ forward
@@ -340,8 +329,7 @@ class ColBERT(EncoderBase):
         results = self._run_batches(
             items,
             batch_size,
-            lambda window: self.tokenize_rows(window, role),
-            self.expansion_token_id,
+            role,
             run,
             precision,
             show_progress,

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from colzero._version import __version__
 from colzero.model.base import (
     EncoderBase,
+    RowLayout,
     TokenizedBatch,
     apply_attn_implementation,
     check_role,
@@ -135,17 +136,9 @@ class DenseModel(EncoderBase):
             )
         return path
 
-    def tokenize_rows(self, texts: list[str], role: Role) -> list[tuple[list[int], list[int]]]:
-        """(input_ids, attention_mask) per text, truncated to ``max_length``."""
-        return [(ids, [1] * len(ids)) for ids in self._tokenize_ids(texts, self.config.max_length)]
-
-    def tokenize(self, texts: list[str], role: Role, prompt: str | None = None) -> TokenizedBatch:
-        """One padded batch (no sorting), e.g. for training collation."""
-        texts = self._with_prompt(list(texts), role, prompt)
-        rows = self.tokenize_rows(texts, role)
-        return self._pad(
-            [r[0] for r in rows], [r[1] for r in rows], self.tokenizer.pad_token_id, list(range(len(rows)))
-        )
+    def row_layout(self, role: Role) -> RowLayout:
+        """Rows truncated to ``max_length``, padded with the pad token (both roles alike)."""
+        return RowLayout(id_budget=self.config.max_length, pad_id=int(self.tokenizer.pad_token_id))
 
     def forward(
         self,
@@ -186,8 +179,7 @@ class DenseModel(EncoderBase):
         rows = self._run_batches(
             items,
             batch_size,
-            lambda window: self.tokenize_rows(window, role),
-            self.tokenizer.pad_token_id,
+            role,
             lambda batch: list(self.embed(batch, role)[0].to("cpu", dtype)),
             precision,
             show_progress,
