@@ -78,6 +78,30 @@ def test_backend_ids_equal_the_tokenizer_call(texts, max_length):
     assert MODEL._token_ids(texts, max_length) == expected["input_ids"]
 
 
+@pytest.mark.parametrize("which", ["bert-tiny", "minilm"])
+def test_backend_ids_equal_the_tokenizer_call_on_real_tokenizers_and_text(which):
+    """The entry point training calls (the backend's ``encode_batch_fast`` where it exists) gives the
+    transformers call's ids on real WordPiece vocabularies, real text, prompts and truncation."""
+    import itertools
+    import json
+
+    from colzero.model.colbert import ColBERT
+    from tests.conftest import minilm_path, shared_path
+
+    path = shared_path("models", "splade-tiny-bert") if which == "bert-tiny" else minilm_path()
+    corpus = shared_path("data", "beir", "scifact", "corpus.jsonl")
+    model = ColBERT.from_pretrained(str(path))
+    with open(corpus, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in itertools.islice(fh, 300)]
+    texts = [f"search_document: {r['title']} {r['text']}" for r in rows] + [" ", "a", "ünïcödé — ½"]
+    for max_length in (8, 38, 186, 511):
+        expected = model.tokenizer(
+            [t.strip() for t in texts], truncation=True, max_length=max_length, add_special_tokens=True
+        )["input_ids"]
+        assert model._token_ids(texts, max_length) == expected, max_length
+    assert any(len(ids) == 186 for ids in model._token_ids(texts, 186))  # truncation was exercised
+
+
 def test_backend_copy_leaves_the_shared_tokenizer_alone_and_follows_added_tokens():
     model = make_colbert()
     before = model.tokenizer.backend_tokenizer.truncation
