@@ -20,10 +20,13 @@ that are only looked at while training: :meth:`Table.where` maps a row number ba
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,6 +88,7 @@ class Table:
         self.label = label
         self._starts = np.array([s.start for s in spans], dtype=np.int64)
         self._views: dict[tuple[str, ...], Any] = {}
+        self._pages: dict[str, _TextPages | bool] = {}  # per column; False: not a text column
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -113,13 +117,39 @@ class Table:
 
     def take(self, rows: Sequence[int] | np.ndarray, columns: Sequence[str]) -> dict[str, list[Any]]:
         """Columns of the given rows as Python values (one indexed read; ``datasets`` decodes its
-        feature types, e.g. JSON-typed lists of mixed ids)."""
+        feature types, e.g. JSON-typed lists of mixed ids). The pages the rows' texts lie on are
+        requested from the disk all at once first (:meth:`prefetch`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.prefetch(rows, columns)
         key = tuple(columns)
         view = self._views.get(key)
         if view is None:
             view = self._views[key] = self.dataset.select_columns(list(columns))
-        got = view[np.asarray(rows, dtype=np.int64).tolist()]
+        got = view[rows.tolist()]
         return {c: got[c] for c in columns}
+
+    def prefetch(self, rows: np.ndarray, columns: Sequence[str]) -> int:
+        """Ask the kernel to read, in parallel, the pages that ``rows`` of the text columns among
+        ``columns`` lie on (``MADV_WILLNEED``); returns the number of page ranges requested.
+
+        A training batch reads rows from anywhere in a table far larger than the page cache (phase 1
+        reads each of its 239M rows once, at random), so its rows are cold: read one page fault at a
+        time, a 64-row batch of (query, document) pairs waits for ~200 disk reads in a row. Asking
+        for all of them first makes the disk serve them together: two rounds (the rows' offsets,
+        then their bytes) instead of one wait per page. Measured on ``benchmarks/data_scale.py``'s
+        17.9 GB table after dropping the page cache: 7.7-11.2 ms of wall time per cold 64-row batch
+        without, 2.7-3.1 ms with (and less CPU: the faults find their pages ready).
+        """
+        if self.dataset._indices is not None or rows.size == 0:  # a re-indexed view: rows are elsewhere
+            return 0
+        requested = 0
+        for column in columns:
+            pages = self._pages.get(column)
+            if pages is None:
+                pages = self._pages[column] = _TextPages.of(self.arrow.column(column))
+            if pages is not False:
+                requested += pages.prefetch(rows)
+        return requested
 
     def where(self, row: int) -> str:
         """``file:line`` (JSONL), ``file row N`` (Parquet) or ``label row N`` of a table row."""
@@ -131,18 +161,29 @@ class Table:
         return f"{span.path} row {local}"
 
 
-def _advise_random(arrow: Any) -> int:
+def _madvise(name: str) -> tuple[Any, int] | None:
+    """libc's ``madvise`` and the advice ``mmap.<name>``, or None where either is missing."""
     import ctypes
     import mmap
 
-    advice = getattr(mmap, "MADV_RANDOM", None)
+    advice = getattr(mmap, name, None)
     if advice is None:  # not POSIX
-        return 0
+        return None
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
-        return 0
+        return None
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise, advice
+
+
+def _advise_random(arrow: Any) -> int:
+    import mmap
+
+    found = _madvise("MADV_RANDOM")
+    if found is None:
+        return 0
+    madvise, advice = found
     page, advised = mmap.PAGESIZE, 0
     for batch in arrow.to_batches():
         for column in batch.columns:
@@ -152,6 +193,124 @@ def _advise_random(arrow: Any) -> int:
                 start = buf.address & ~(page - 1)  # madvise takes page-aligned ranges
                 advised += madvise(start, buf.address + buf.size - start, advice) == 0
     return advised
+
+
+def page_ranges(starts: np.ndarray, ends: np.ndarray, page: int) -> tuple[np.ndarray, np.ndarray]:
+    """The byte ranges ``[starts, ends)`` widened to whole pages, sorted, overlapping and adjacent
+    ones merged (empty ranges dropped): ``(first byte, end byte)`` arrays of page multiples."""
+    keep = ends > starts
+    lo = starts[keep] // page * page
+    hi = -(-ends[keep] // page) * page
+    if lo.size == 0:
+        return lo, hi
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], np.maximum.accumulate(hi[order])
+    new = np.ones(lo.size, dtype=bool)
+    new[1:] = lo[1:] > hi[:-1]  # a gap before this range: it starts a merged one
+    group_end = np.flatnonzero(np.append(new[1:], True))
+    return lo[new], hi[group_end]
+
+
+PROCESS_MADVISE = 440  # the syscall's number on every Linux architecture but alpha (unified since 5.1)
+IOV_MAX = 1024
+
+
+@functools.lru_cache(maxsize=4)
+def _own_pidfd(pid: int) -> int | None:
+    """A pidfd of this process (keyed by pid: a forked worker opens its own), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+class _PageAdvice:
+    """``madvise`` over many ranges: one ``process_madvise`` call per 1,024 ranges where the kernel
+    has it (Linux >= 5.10 takes ``MADV_WILLNEED``), else one ``madvise`` call per range. A cached
+    range costs ~1.4 us as a ``madvise`` call and ~0.4 us inside a ``process_madvise`` one, and a
+    batch asks for hundreds (thousands on a GPU's batch), warm or not."""
+
+    def __init__(self, madvise: Any, advice: int) -> None:
+        import ctypes
+
+        self.madvise, self.advice = madvise, advice
+        self.syscall: Any = None
+        if sys.platform.startswith("linux") and platform.machine() != "alpha":
+            self.syscall = ctypes.CDLL(None, use_errno=True).syscall
+            self.syscall.restype = ctypes.c_long
+
+    def __call__(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        import ctypes
+
+        if self.syscall is not None and (pidfd := _own_pidfd(os.getpid())) is not None:
+            iov = np.ascontiguousarray(np.stack([lo, hi - lo], axis=1).astype(np.uint64))
+            for start in range(0, len(iov), IOV_MAX):
+                part = iov[start : start + IOV_MAX]
+                args = (pidfd, ctypes.c_void_p(part.ctypes.data), ctypes.c_size_t(len(part)))
+                if self.syscall(PROCESS_MADVISE, *args, self.advice, 0) < 0 and start == 0:
+                    self.syscall = None  # ENOSYS, or a kernel that does not take this advice
+                    break
+            else:
+                return
+        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+            self.madvise(a, b - a, self.advice)
+
+
+class _TextPages:
+    """Where each row of one memory-mapped string column lies, to prefetch rows (see
+    :meth:`Table.prefetch`): per Arrow chunk the addresses of its offsets and bytes."""
+
+    def __init__(self, chunks: list[Any], width: int, madvise: Any, advice: int) -> None:
+        import mmap
+
+        self.width, self.advise, self.page = width, _PageAdvice(madvise, advice), mmap.PAGESIZE
+        self.starts = np.cumsum([0] + [len(c) for c in chunks]).astype(np.int64)
+        dtype = np.int64 if width == 8 else np.int32
+        # zero-copy views of the offsets (no page is read until a row's offsets are)
+        self.offsets = [np.frombuffer(c.buffers()[1], dtype=dtype) for c in chunks]
+        self.base = np.array([c.offset for c in chunks], dtype=np.int64)
+        self.offset_address = np.array([c.buffers()[1].address for c in chunks], dtype=np.int64)
+        data = [c.buffers()[2] for c in chunks]
+        self.data_address = np.array([0 if d is None else d.address for d in data], dtype=np.int64)
+
+    @classmethod
+    def of(cls, column: Any) -> _TextPages | bool:
+        """The column's pages, or False when it is not plain text (or madvise is unavailable)."""
+        import pyarrow as pa
+
+        t = column.type
+        width = 4 if pa.types.is_string(t) or pa.types.is_binary(t) else 0
+        width = 8 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else width
+        found = _madvise("MADV_WILLNEED")
+        if not width or found is None or not column.num_chunks:
+            return False
+        return cls(column.chunks, width, *found)
+
+    def prefetch(self, rows: np.ndarray) -> int:
+        chunk = np.searchsorted(self.starts, rows, side="right") - 1
+        if chunk.size == 0 or chunk.min() < 0 or rows.max() >= self.starts[-1]:
+            return 0  # out of range: the read itself reports it
+        local = rows - self.starts[chunk] + self.base[chunk]
+        first = self.offset_address[chunk] + local * self.width
+        requested = self._willneed(first, first + 2 * self.width)  # round 1: the rows' offsets
+        begin = np.fromiter(
+            (self.offsets[c][j] for c, j in zip(chunk.tolist(), local.tolist(), strict=True)),
+            np.int64,
+            rows.size,
+        )
+        end = np.fromiter(
+            (self.offsets[c][j + 1] for c, j in zip(chunk.tolist(), local.tolist(), strict=True)),
+            np.int64,
+            rows.size,
+        )
+        data = self.data_address[chunk]
+        return requested + self._willneed(data + begin, data + end)  # round 2: the rows' bytes
+
+    def _willneed(self, starts: np.ndarray, ends: np.ndarray) -> int:
+        lo, hi = page_ranges(starts, ends, self.page)
+        if lo.size:
+            self.advise(lo, hi)
+        return int(lo.size)
 
 
 def _line_of_row(path: Path, row: int) -> int:
