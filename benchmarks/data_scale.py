@@ -26,21 +26,29 @@ Parts (``--part``, each runnable alone and resumable; ``all`` runs them in order
   N rows and once on 2N, each in a fresh process tree. A monitor samples every process of the tree
   (``/proc``: RSS and PSS, grouped per rank: the rank and its DataLoader workers) and every version of
   ``cost.json`` (written at each checkpoint). Reported: per-rank peak RSS (the trainer's ``ru_maxrss``
-  of each rank; bar <= 2.5 GB and not growing from N to 2N) and the peak PSS of rank + workers; time
+  of each rank; bar <= 2.5 GB and not growing from N to 2N); the rank's and its workers' RSS split
+  into their own memory (RssAnon + RssShmem) and mapped file pages (RssFile: the memory-mapped
+  tables' page cache, shared and reclaimable; on kernels that map whole large folios per fault, 6.18
+  here, a worker reading rows that ``prepare`` just wrote maps MBs per row), with the same bar on the
+  own memory of rank + workers; and the peak PSS of rank + workers; time
   from launch to the end of the first optimizer step (``cost.json: first_step_unix``; bar <= 60 s; the
   conversion is the separate prepare step); the fraction of step time spent waiting for data
   (``data_wait_s / wall_s``; bar <= 5%), over all steps and over the steps after the first checkpoint
   (the first batch also waits for the workers to start).
 - ``pipeline``: the input pipeline alone (no model): ``colzero.data.loader.input_pipeline`` over the
   prepared 2N sources with 0, 1 and 2 DataLoader workers (one rank's share of the global batch), next to
-  the bare tokenizer (``model.tokenizer(texts, truncation=True, max_length=L - 1)``, what the pipeline
-  calls per role) on the same texts in the same run, single-threaded (``TOKENIZERS_PARALLELISM=false``).
+  the bare tokenizer (``model.tokenizer(texts, truncation=True, max_length=L - 1)`` per role, the
+  tokenizer's usual batch call and the bar's reference) on the same texts in the same run, single-threaded (``TOKENIZERS_PARALLELISM=false``),
+  and its Rust backend's ``encode_batch_fast`` (the entry point the pipeline calls: same ids, no offsets).
   Repeats are interleaved (tokenizer, 0, 1, 2 workers, again ...) and the medians reported, in pairs/s of
   wall time and per CPU-second (the process's and its reaped workers' ``getrusage``, robust to a busy
   machine). Bar: 2 workers >= 0.9 x 2 x the tokenizer's rate. Beside it: what one H100 consumes at 40%
   of its bf16 peak (989 TFLOP/s) on ModernBERT-base phase 1 (FLOPs per pair from
   ``transformers.ModernBertConfig()``'s shapes, as ``benchmarks/gpu_check.py`` counts them), the rate the
-  GPU check measured (``--gpu-check`` JSON), and the cores the pipeline needs to feed each. The length
+  GPU check measured (``--gpu-check`` JSON), and the cores the pipeline needs to feed each.
+  ``--cold-cache`` (root) drops the page cache before each training run and each pipeline mode, so
+  rows come from the disk as in a real phase 1 (one epoch over tables far larger than memory);
+  without it they mostly come from the page cache ``prepare`` left. The length
   profile is BERT's WordPiece tokenizer (splade-tiny-bert); ModernBERT's BPE tokenizer is not available
   offline.
 - ``sampler``: ``benchmarks/sampler_scale.py``'s measurement of the Feistel same-source sampler at
@@ -485,6 +493,31 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+MEMORY_KEYS = (
+    "rank_rss_mb", "rank_anon_mb", "rank_file_mb", "worker_rss_mb", "worker_anon_mb", "worker_file_mb",
+    "tree_anon_mb", "tree_pss_mb",
+)  # fmt: skip
+
+
+def _memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and its parts (RssAnon: the process's own memory; RssShmem: shared memory, e.g. batches
+    on their way from a worker; RssFile: pages of mapped files, i.e. the memory-mapped tables' page
+    cache, which the kernel reclaims under pressure) of a process, in kB."""
+    return {field: status_kb(pid, field) for field in ("VmRSS", "RssAnon", "RssShmem", "RssFile")}
+
+
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache (``--cold-cache``: rows are then read from the disk, as phase 1
+    reads its 239M rows once each from tables far larger than memory). Needs root."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as exc:
+        raise SystemExit(
+            f"--cold-cache: cannot drop the page cache ({exc}); run as root or without it"
+        ) from exc
+
+
 def _rank_of(pid: int) -> int | None:
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -528,15 +561,20 @@ class TreeMonitor(threading.Thread):
                 tree.append(p)
                 stack.extend(_children(p))
             workers = tree[1:]
-            peak = self.peak.setdefault(
-                rank, {"rank_rss_mb": 0.0, "worker_rss_mb": 0.0, "tree_pss_mb": 0.0, "workers": 0}
-            )
-            peak["rank_rss_mb"] = max(peak["rank_rss_mb"], status_kb(pid, "VmRSS") / 1024)
-            if workers:
-                peak["worker_rss_mb"] = max(
-                    peak["worker_rss_mb"], *(status_kb(w, "VmRSS") / 1024 for w in workers)
-                )
-            peak["tree_pss_mb"] = max(peak["tree_pss_mb"], sum(_pss_kb(p) for p in tree) / 1024)
+            peak = self.peak.setdefault(rank, dict.fromkeys(MEMORY_KEYS, 0.0) | {"workers": 0})
+            status = {p: _memory_kb(p) for p in tree}
+            update = {
+                "rank_rss_mb": status[pid]["VmRSS"],
+                "rank_anon_mb": status[pid]["RssAnon"] + status[pid]["RssShmem"],
+                "rank_file_mb": status[pid]["RssFile"],
+                "worker_rss_mb": max((status[w]["VmRSS"] for w in workers), default=0),
+                "worker_anon_mb": max((status[w]["RssAnon"] + status[w]["RssShmem"] for w in workers), default=0),
+                "worker_file_mb": max((status[w]["RssFile"] for w in workers), default=0),
+                "tree_anon_mb": sum(v["RssAnon"] + v["RssShmem"] for v in status.values()),
+                "tree_pss_mb": sum(_pss_kb(p) for p in tree),
+            }  # fmt: skip
+            for key, kb in update.items():
+                peak[key] = max(peak[key], kb / 1024)
             peak["workers"] = max(peak["workers"], len(workers))
         try:
             mtime = self.cost_file.stat().st_mtime_ns
@@ -555,6 +593,8 @@ def train_once(args: argparse.Namespace, label: str, half: bool) -> dict[str, An
     cfg = phase_config(args, half, run_dir / "phase")
     config_file = run_dir / "phase.json"
     config_file.write_text(json.dumps(cfg, indent=2))
+    if args.cold_cache:
+        drop_page_cache()
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1",
@@ -656,15 +696,18 @@ def part_train(args: argparse.Namespace) -> None:
             m = peaks.get(str(rank), {})
             rows.append(
                 [
-                    r["label"], f"{r['rows']:,}", rank, f"{rss:,.0f}", f"{m.get('tree_pss_mb', 0):,.0f}",
-                    f"{m.get('worker_rss_mb', 0):,.0f}", m.get("workers", 0),
+                    r["label"], f"{r['rows']:,}", rank, f"{rss:,.0f}",
+                    f"{m.get('rank_anon_mb', 0):,.0f} / {m.get('rank_file_mb', 0):,.0f}",
+                    f"{m.get('worker_anon_mb', 0):,.0f} / {m.get('worker_file_mb', 0):,.0f}",
+                    f"{m.get('tree_anon_mb', 0):,.0f}", f"{m.get('tree_pss_mb', 0):,.0f}", m.get("workers", 0),
                     f"{r['launch_to_first_step_s']:.1f}", f"{r['step_s']:.2f}",
                     f"{100 * r['wait_fraction_all']:.2f}%",
                     "-" if not r["steady"] else f"{100 * r['steady']['wait_fraction']:.2f}%",
                 ]
             )  # fmt: skip
     headers = [
-        "run", "rows", "rank", "peak RSS MB", "rank+workers PSS MB", "worker RSS MB", "workers",
+        "run", "rows", "rank", "peak RSS MB", "rank anon / file MB", "worker anon / file MB",
+        "rank+workers anon MB", "rank+workers PSS MB", "workers",
         "launch->1st step s", "s/step", "data wait (all)", "data wait (after 1st ckpt)",
     ]  # fmt: skip
     print_table(
@@ -676,10 +719,14 @@ def part_train(args: argparse.Namespace) -> None:
     n, n2 = runs
     rss_n = max(n["cost"]["peak_rss_mb_per_rank"])
     rss_2n = max(n2["cost"]["peak_rss_mb_per_rank"])
+    tree_n, tree_2n = (max(p["tree_anon_mb"] for p in r["monitor"]["peak_per_rank"].values()) for r in runs)
     bars = {
         "peak_rss_le_2.5GB": max(rss_n, rss_2n) <= 2500,
         "rss_growth_2N_over_N": rss_2n / rss_n,
         "rss_not_growing": rss_2n <= rss_n * 1.05 + 20,
+        "rank_and_workers_anon_le_2.5GB": max(tree_n, tree_2n) <= 2500,
+        "rank_and_workers_anon_growth_2N_over_N": tree_2n / tree_n,
+        "rank_and_workers_anon_not_growing": tree_2n <= tree_n * 1.05 + 20,
         "launch_to_first_step_le_60s": max(r["launch_to_first_step_s"] for r in runs) <= 60,
         "data_wait_le_5pct_all_steps": max(r["wait_fraction_all"] for r in runs) <= 0.05,
         "data_wait_le_5pct_after_first_checkpoint": all(r["steady"] and r["steady"]["wait_fraction"] <= 0.05 for r in runs),
@@ -690,6 +737,10 @@ def part_train(args: argparse.Namespace) -> None:
         [
             ["peak RSS per rank <= 2.5 GB", f"{max(rss_n, rss_2n):,.0f} MB", yes(bars["peak_rss_le_2.5GB"])],
             ["RSS does not grow N -> 2N (<= 5% + 20 MB)", f"x{bars['rss_growth_2N_over_N']:.3f}", yes(bars["rss_not_growing"])],
+            ["rank + its workers, own memory (RssAnon + RssShmem) <= 2.5 GB", f"{max(tree_n, tree_2n):,.0f} MB",
+             yes(bars["rank_and_workers_anon_le_2.5GB"])],
+            ["rank + its workers, own memory does not grow N -> 2N", f"x{bars['rank_and_workers_anon_growth_2N_over_N']:.3f}",
+             yes(bars["rank_and_workers_anon_not_growing"])],
             ["launch -> first step <= 60 s", f"{max(r['launch_to_first_step_s'] for r in runs):.1f} s", yes(bars["launch_to_first_step_le_60s"])],
             ["data wait <= 5% (all steps)", f"{100 * max(r['wait_fraction_all'] for r in runs):.2f}%", yes(bars["data_wait_le_5pct_all_steps"])],
             ["data wait <= 5% (after the 1st checkpoint)",
@@ -704,6 +755,7 @@ def part_train(args: argparse.Namespace) -> None:
             "steps": args.steps,
             "batch": args.batch,
             "workers_per_rank": args.train_workers,
+            "cold_cache": args.cold_cache,
             "runs": runs,
             "bars": bars,
         },
@@ -798,6 +850,19 @@ def part_pipeline(args: argparse.Namespace) -> None:
             )
         return time.perf_counter() - wall0, _cpu_seconds()[0] - cpu0
 
+    def bare_backend(examples: list[list[Any]]) -> tuple[float, float]:
+        """The same texts through the Rust backend's ``encode_batch_fast`` (no offsets): the
+        entry point the pipeline itself calls, shown so the gain from choosing it is visible."""
+        backends = {
+            r: model._truncating_backend(model.row_layout(r).id_budget) for r in ("query", "document")
+        }
+        encode = {r: getattr(b, "encode_batch_fast", b.encode_batch) for r, b in backends.items()}
+        wall0, cpu0 = time.perf_counter(), _cpu_seconds()[0]
+        for batch in examples:
+            encode["query"]([(prompts.get("query", "") + e.query).strip() for e in batch])
+            encode["document"]([(prompts.get("document", "") + e.positive).strip() for e in batch])
+        return time.perf_counter() - wall0, _cpu_seconds()[0] - cpu0
+
     def bare_tokenizer_processes(examples: list[list[Any]], n: int) -> tuple[float, float]:
         """The same texts tokenised by ``n`` forked processes (every n-th batch each): the peer of the
         pipeline with n workers under the same contention."""
@@ -815,7 +880,9 @@ def part_pipeline(args: argparse.Namespace) -> None:
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         return wall, kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
 
-    def pipeline(start: Position, workers: int) -> tuple[float, float, float]:
+    def pipeline(start: Position, workers: int) -> tuple[float, float, float, float]:
+        if args.cold_cache:  # every mode reads its rows from the disk, not from the previous mode's cache
+            drop_page_cache()
         t_start = time.perf_counter()
         loader = input_pipeline(sources, sampler, collate, start, count=k + 1, num_workers=workers)
         it = iter(loader)
@@ -829,8 +896,9 @@ def part_pipeline(args: argparse.Namespace) -> None:
         return wall, main1 - main0, workers1 - workers0, first
 
     peer2 = "tokenizer, 2 processes"
-    modes = ["tokenizer", peer2, "workers=0", "workers=1", "workers=2"]
-    loaders = modes[2:]
+    backend = "tokenizer backend, encode_batch_fast"
+    modes = ["tokenizer", peer2, backend, "workers=0", "workers=1", "workers=2"]
+    loaders = modes[3:]
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     cpu_main: dict[str, list[float]] = {m: [] for m in loaders}
@@ -854,6 +922,9 @@ def part_pipeline(args: argparse.Namespace) -> None:
         w, c = bare_tokenizer_processes(examples, 2)
         wall[peer2].append(w)
         cpu[peer2].append(c)
+        w, c = bare_backend(examples)
+        wall[backend].append(w)
+        cpu[backend].append(c)
         for workers in (0, 1, 2):
             w, c_main, c_workers, f = pipeline(start, workers)
             wall[f"workers={workers}"].append(w)
@@ -934,6 +1005,7 @@ def part_pipeline(args: argparse.Namespace) -> None:
             "pairs_per_batch": per_rank,
             "batches": k,
             "repeats": args.pipeline_repeats,
+            "cold_cache": args.cold_cache,
             "sources_open_s": open_s,
             "wall_s": wall,
             "cpu_s": cpu,
@@ -1003,6 +1075,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="train/pipeline: global batch (2 ranks)")
     parser.add_argument("--train-workers", type=int, default=1, help="train: DataLoader workers per rank")
     parser.add_argument("--train-timeout", type=int, default=3600)
+    parser.add_argument(
+        "--cold-cache",
+        action="store_true",
+        help="train/pipeline: drop the page cache before each run / mode (root), so rows come from the disk",
+    )
     parser.add_argument("--pipeline-batches", type=int, default=100)
     parser.add_argument("--pipeline-repeats", type=int, default=5)
     parser.add_argument("--gpu-check", type=Path, default=GPU_CHECK, help="gpu_check.py JSON (measured rate)")
