@@ -432,8 +432,8 @@ def write_charts(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
                 yerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
                 fmt="o",
                 capsize=4,
+                label=lab,
             )
-            ax.annotate(lab, (x, m["estimate"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
         xs = [x for _, x, _ in points]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
@@ -446,6 +446,8 @@ def write_charts(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
         ax.set_title(f"{results['grid']}: quality versus training cost")
         ax.margins(x=0.2)
         ax.grid(alpha=0.3)
+        # a legend, not labels beside the points: routes of similar cost and quality overlap
+        ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         fig.savefig(out_dir / "quality_vs_cost.png", dpi=120)
         files["quality_vs_cost"] = "quality_vs_cost.png"
