@@ -127,3 +127,14 @@ def test_the_fallback_without_process_madvise_asks_for_the_same_rows(text_table)
     assert table.take(np.array([4, 9, 30]), ["document"])["document"] == [
         texts["document"][r] for r in (4, 9, 30)
     ]
+
+
+def test_a_pickled_table_finds_its_own_row_addresses(text_table):
+    import pickle
+
+    table, texts = text_table
+    table.prefetch(np.array([1, 2]), ["document"])
+    copy = pickle.loads(pickle.dumps(table))  # what a spawned DataLoader worker receives
+    assert copy._pages == {}
+    assert copy.prefetch(np.array([3, 50]), ["document"]) > 0
+    assert copy.take(np.array([3, 50]), ["document"])["document"] == [texts["document"][r] for r in (3, 50)]

@@ -93,6 +93,10 @@ class Table:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the row addresses are this process's mappings: a spawned worker finds its own
+        return {**self.__dict__, "_pages": {}}
+
     @property
     def arrow(self) -> Any:
         """The memory-mapped ``pyarrow.Table`` behind the dataset (tables are never re-indexed views)."""
