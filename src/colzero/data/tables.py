@@ -141,8 +141,9 @@ class Table:
         time, a 64-row batch of (query, document) pairs waits for ~200 disk reads in a row. Asking
         for all of them first makes the disk serve them together: two rounds (the rows' offsets,
         then their bytes) instead of one wait per page. Measured on ``benchmarks/data_scale.py``'s
-        17.9 GB table after dropping the page cache: 7.7-11.2 ms of wall time per cold 64-row batch
-        without, 2.7-3.1 ms with (and less CPU: the faults find their pages ready).
+        17.9 GB table after dropping the page cache: 6.0-12.7 ms of wall time per cold 64-row batch
+        without, 1.9-2.8 ms with (and less CPU, 3.1-6.5 -> 1.3-2.4 ms: the faults find their pages
+        ready); a warm batch pays ~0.3 ms for asking.
         """
         if self.dataset._indices is not None or rows.size == 0:  # a re-indexed view: rows are elsewhere
             return 0
