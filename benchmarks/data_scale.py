@@ -81,6 +81,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,15 +198,22 @@ def disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def status_kb(pid: int | str, field: str) -> int:
+def status_fields_kb(pid: int | str, fields: Sequence[str]) -> dict[str, int]:
+    """``fields`` of ``/proc/PID/status`` in kB (0 where absent), from one read of the file."""
+    found = dict.fromkeys(fields, 0)
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+                name, _, value = line.partition(":")
+                if name in found:
+                    found[name] = int(value.split()[0])
     except OSError:
         pass
-    return 0
+    return found
+
+
+def status_kb(pid: int | str, field: str) -> int:
+    return status_fields_kb(pid, (field,))[field]
 
 
 def save_part(args: argparse.Namespace, part: str, payload: dict[str, Any]) -> Path:
@@ -503,7 +511,7 @@ def _memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and its parts (RssAnon: the process's own memory; RssShmem: shared memory, e.g. batches
     on their way from a worker; RssFile: pages of mapped files, i.e. the memory-mapped tables' page
     cache, which the kernel reclaims under pressure) of a process, in kB."""
-    return {field: status_kb(pid, field) for field in ("VmRSS", "RssAnon", "RssShmem", "RssFile")}
+    return status_fields_kb(pid, ("VmRSS", "RssAnon", "RssShmem", "RssFile"))
 
 
 def drop_page_cache() -> None:

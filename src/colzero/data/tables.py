@@ -166,6 +166,7 @@ class Table:
         return f"{span.path} row {local}"
 
 
+@functools.lru_cache(maxsize=8)
 def _madvise(name: str) -> tuple[Any, int] | None:
     """libc's ``madvise`` and the advice ``mmap.<name>``, or None where either is missing."""
     import ctypes
@@ -298,16 +299,8 @@ class _TextPages:
         local = rows - self.starts[chunk] + self.base[chunk]
         first = self.offset_address[chunk] + local * self.width
         requested = self._willneed(first, first + 2 * self.width)  # round 1: the rows' offsets
-        begin = np.fromiter(
-            (self.offsets[c][j] for c, j in zip(chunk.tolist(), local.tolist(), strict=True)),
-            np.int64,
-            rows.size,
-        )
-        end = np.fromiter(
-            (self.offsets[c][j + 1] for c, j in zip(chunk.tolist(), local.tolist(), strict=True)),
-            np.int64,
-            rows.size,
-        )
+        pairs = [self.offsets[c][j : j + 2] for c, j in zip(chunk.tolist(), local.tolist(), strict=True)]
+        begin, end = np.stack(pairs).astype(np.int64).T  # each row's (begin, end) byte offsets
         data = self.data_address[chunk]
         return requested + self._willneed(data + begin, data + end)  # round 2: the rows' bytes
 
