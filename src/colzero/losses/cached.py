@@ -39,7 +39,7 @@ from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
 from colzero.model.base import TokenizedBatch
 from colzero.model.config import Role
-from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
 
 if TYPE_CHECKING:
     from colzero.losses.config import LossConfig
@@ -94,16 +94,34 @@ class CachedContrastive(Contrastive):
         learnable_temperature: bool = False,
         gather_across_devices: bool = True,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        maxsim_backend: Backend = "auto",
+        score_precision: MaxSimPrecision = "fp32",
     ) -> None:
-        super().__init__(model, temperature, learnable_temperature, gather_across_devices, budget_bytes)
+        super().__init__(
+            model,
+            temperature,
+            learnable_temperature,
+            gather_across_devices,
+            budget_bytes,
+            maxsim_backend,
+            score_precision,
+        )
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
         self.mini_batch_size = mini_batch_size
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
-        """``mini_batch_size``, ``temperature`` and ``learnable_temperature`` of ``config``."""
-        return cls(model, config.mini_batch_size, config.temperature, config.learnable_temperature)
+        """``mini_batch_size``, ``temperature``, ``learnable_temperature``, ``maxsim_backend`` and
+        ``score_precision`` of ``config``."""
+        return cls(
+            model,
+            config.mini_batch_size,
+            config.temperature,
+            config.learnable_temperature,
+            maxsim_backend=config.maxsim_backend,
+            score_precision=config.score_precision,
+        )
 
     def get_config_dict(self) -> dict[str, Any]:
         """The settings that define this loss (the temperature as configured)."""
