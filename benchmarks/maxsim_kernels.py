@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -64,6 +65,14 @@ class LossShape:
     dim: int = 128
     temperature: float = 0.02
 
+
+#: tile sizes :func:`sweep_tiles` tries beside the defaults (colzero.scoring.fused.Tiles fields)
+SWEEP_FIELDS = [
+    {"rows": 64, "docs": 16},
+    {"rows": 128, "tokens": 32, "docs": 32},
+    {"dd_tokens": 128, "dd_rows": 32},
+    {"dq_rows": 128, "warps": 4},
+]
 
 TINY = LossShape(8, 8, (3, 6), 16, 20, (10, 20), 0.1, 16)
 
@@ -209,6 +218,43 @@ def _errors(fn, mode, x, device, shape: LossShape, nq: int, nd: int) -> dict[str
     return out
 
 
+def _sweep() -> list[Any]:
+    from colzero.scoring.fused import Tiles
+
+    return [dataclasses.replace(Tiles(), **fields) for fields in SWEEP_FIELDS]
+
+
+def sweep_tiles(
+    device: torch.device, x: dict[str, torch.Tensor], useful: float, repeats: int
+) -> dict[str, Any]:
+    """The fused MaxSim (forward + backward) under the default tiles and each of :data:`SWEEP_FIELDS`; the fastest."""
+    from colzero.scoring.fused import Tiles, use_tiles
+
+    timer = _Timer(device)
+    fn = _colzero_scores("fused", "fp32")
+    results = []
+    for tiles in [Tiles(), *_sweep()]:
+
+        def step():
+            q, d = _leaves(x)
+            with _autocast(device, "bf16"):
+                s = fn(q, x["qm"], d, x["dm"])
+            s.backward(torch.ones_like(s))
+
+        with use_tiles(tiles):
+            try:
+                seconds = statistics.median(timer(step, repeats))
+                results.append(
+                    {"tiles": asdict(tiles), "maxsim_s": seconds, "real_flop_per_s": useful / seconds}
+                )
+            except Exception as exc:  # e.g. out of shared memory for a large tile
+                results.append({"tiles": asdict(tiles), "error": f"{type(exc).__name__}: {exc}"[:300]})
+        print(f"  tiles {results[-1]}", flush=True)
+    timed = [r for r in results if "maxsim_s" in r]
+    best = min(timed, key=lambda r: r["maxsim_s"]) if timed else None
+    return {"results": results, "best": best}
+
+
 def run(
     device: torch.device,
     gemm_flop_per_s: float,
@@ -216,15 +262,27 @@ def run(
     repeats: int = 3,
     include_slow: bool = False,
     check: tuple[int, int] = (64, 512),
+    sweep: bool = False,
 ) -> dict[str, Any]:
-    """Measure every path (module docstring); returns ``{"shape": ..., "rows": {name: {...}}}``."""
+    """Measure every path (module docstring); returns ``{"shape": ..., "rows": {name: {...}}}``.
+    ``sweep``: first time the fused backend under :data:`SWEEP_FIELDS`' tile sizes and measure its rows
+    with the fastest."""
+    from colzero.scoring.fused import Tiles, use_tiles
+
     x = make_inputs(shape, device)
     timer = _Timer(device)
     pairs = real_pairs(x)
     useful = 3 * 2 * pairs * shape.dim
+    tiles_sweep = sweep_tiles(device, x, useful, max(1, repeats - 1)) if sweep else None
+    best_tiles = Tiles(**tiles_sweep["best"]["tiles"]) if tiles_sweep and tiles_sweep["best"] else None
     rows: dict[str, Any] = {}
     for name, (fn, mode, note) in paths(include_slow).items():
         row: dict[str, Any] = {"note": note}
+        chosen = best_tiles if name == "fused" else None
+
+        def tiles(chosen=chosen):
+            return contextlib.nullcontext() if chosen is None else use_tiles(chosen)
+
         try:
 
             def loss_step(fn=fn, mode=mode):
@@ -243,15 +301,17 @@ def run(
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            loss_times = timer(loss_step, repeats)
-            if device.type == "cuda":
-                row["peak_extra_gb"] = (torch.cuda.max_memory_allocated(device) - base) / 1e9
-            maxsim_times = timer(maxsim_step, repeats)
+            with tiles():
+                loss_times = timer(loss_step, repeats)
+                if device.type == "cuda":
+                    row["peak_extra_gb"] = (torch.cuda.max_memory_allocated(device) - base) / 1e9
+                maxsim_times = timer(maxsim_step, repeats)
             row["loss_s"] = statistics.median(loss_times)
             row["maxsim_s"] = statistics.median(maxsim_times)
             row["maxsim_real_flop_per_s"] = useful / row["maxsim_s"]
             row["maxsim_fraction_of_gemm"] = useful / row["maxsim_s"] / gemm_flop_per_s
-            row["errors_vs_fp32"] = _errors(fn, mode, x, device, shape, *check)
+            with tiles():
+                row["errors_vs_fp32"] = _errors(fn, mode, x, device, shape, *check)
         except Exception as exc:  # a peer that fails is a row that says so
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         rows[name] = row
@@ -260,6 +320,7 @@ def run(
         rows["fused"]["speedup_vs_today"] = rows["today"]["loss_s"] / rows["fused"]["loss_s"]
     return {
         "shape": asdict(shape),
+        "tiles_sweep": tiles_sweep,
         "real_pairs": pairs,
         "useful_flop": useful,
         "gemm_flop_per_s": gemm_flop_per_s,
@@ -295,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--all", action="store_true", help="also the chunked backend with fp32 scores (slow)")
+    ap.add_argument(
+        "--sweep", action="store_true", help="time the fused backend's tile sizes first, keep the best"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -303,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gemm = gemm_rate(device, 256 if args.tiny else 8192, torch.bfloat16, seconds=0.2 if args.tiny else 1.0)
     result = run(device, gemm, TINY if args.tiny else LossShape(), args.repeats, args.all,
-                 check=(8, 16) if args.tiny else (64, 512))  # fmt: skip
+                 check=(8, 16) if args.tiny else (64, 512), sweep=args.sweep)  # fmt: skip
     print_rows(result)
     if args.out:
         out = Path(args.out)

@@ -9,6 +9,7 @@ equality with the chunked backend through the losses.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -23,6 +24,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
 
 from test_maxsim_backward import saved_bytes
 
+from colzero.scoring.fused import Tiles, use_tiles
 from colzero.scoring.maxsim import maxsim_all_pairs, maxsim_nway, maxsim_pairwise
 
 DIM = 16
@@ -124,13 +126,20 @@ def test_nway_equals_float64_reference(ld, dtype):
     _check(got, want, has_token, dtype)
 
 
-def test_pairwise_and_many_row_tiles_equal_the_chunked_backend():
-    """More rows than one tile (queries straddle tiles), several document groups, no query mask."""
+@pytest.mark.parametrize(
+    "tiles",
+    [None, Tiles(rows=32, tokens=16, docs=2, dq_rows=16, dd_rows=32, dd_tokens=16, warps=4, stages=1)],
+    ids=["interpreter-tiles", "other-tiles"],
+)
+def test_pairwise_and_many_row_tiles_equal_the_chunked_backend(tiles):
+    """More rows than one tile (queries straddle tiles), several document groups, no query mask,
+    and other tile sizes (queries then straddle other boundaries)."""
     q, _, d, dm = _case(9, 11, 7, 23, seed=5)
     q, d = q.float(), d.float()
     has_token = dm.any(dim=-1)[None].expand(9, 7)
     chunked = _run(lambda a, b: maxsim_all_pairs(a, b, dm, backend="chunked"), q, d, has_token)
-    fused = _run(lambda a, b: maxsim_all_pairs(a, b, dm, backend="fused"), q, d, has_token)
+    with contextlib.nullcontext() if tiles is None else use_tiles(tiles):
+        fused = _run(lambda a, b: maxsim_all_pairs(a, b, dm, backend="fused"), q, d, has_token)
     for got, want in zip(fused, chunked, strict=True):
         torch.testing.assert_close(got[torch.isfinite(got)], want[torch.isfinite(want)], rtol=0, atol=1e-5)
     pair = maxsim_pairwise(q[:7], d, dm, backend="fused")

@@ -55,7 +55,11 @@ flash-maxsim and late-interaction-kernels (fused MaxSim with saved argmax, compa
 ``benchmarks/gpu_check.py``).
 """
 
+import contextlib
+import contextvars
+import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -205,27 +209,41 @@ def _all_pairs_fwd_kernel(
         q = _operand(q, OP, MODE)
         cols = tl.arange(0, DOCS)
         best_all = tl.zeros((BLOCK_ROWS, DOCS), tl.float32)
-        for j in range(DOCS):
-            doc = group * DOCS + j
-            if doc < n_docs:
-                best, arg = _best_over_document(
-                    q,
-                    d_ptr + _i64(doc) * stride_dn,
-                    m_ptr + _i64(doc) * stride_mn,
-                    doc_length,
-                    stride_dl,
-                    dims,
-                    dim,
-                    OP,
-                    MODE,
-                    BLOCK_ROWS,
-                    BLOCK_TOKENS,
-                )
-                best = tl.where(best == float("-inf"), -3.4028234663852886e38, best)
-                best_all = tl.where(cols[None, :] == j, best[:, None], best_all)
-                tl.store(
-                    idx_ptr + _i64(doc) * rows_alloc + rows, arg.to(idx_ptr.dtype.element_ty), mask=rvalid
-                )
+        best = tl.full((BLOCK_ROWS,), float("-inf"), tl.float32)
+        arg = tl.zeros((BLOCK_ROWS,), tl.int32)
+        n_blocks = tl.cdiv(doc_length, BLOCK_TOKENS)
+        # one flat loop over (document, token block): long enough for the software pipeline to
+        # prefetch the next block while this one is multiplied (a per-document inner loop of
+        # ~3 blocks would drain it at every document)
+        for step in range(0, DOCS * n_blocks):
+            j = step // n_blocks
+            t0 = ((_i64(step) - j * n_blocks) * BLOCK_TOKENS).to(tl.int32)
+            doc = _i64(group * DOCS + j)
+            toks = t0 + tl.arange(0, BLOCK_TOKENS)
+            tvalid = toks < tl.where(doc < n_docs, doc_length, 0)  # past the last document: nothing
+            keep = tl.load(m_ptr + doc * stride_mn + toks, mask=tvalid, other=0) != 0
+            d = tl.load(
+                d_ptr + doc * stride_dn + toks[:, None] * stride_dl + dims[None, :],
+                mask=tvalid[:, None] & (dims[None, :] < dim),
+                other=0.0,
+            )
+            s = _dot(q, tl.trans(_operand(d, OP, MODE)), MODE)
+            s = tl.where(keep[None, :], s, float("-inf"))
+            block_best = tl.max(s, axis=1)
+            block_arg = tl.argmax(s, axis=1).to(tl.int32) + t0
+            better = block_best > best  # strict: an equal later token never takes the place
+            best = tl.where(better, block_best, best)
+            arg = tl.where(better, block_arg, arg)
+            done = t0 + BLOCK_TOKENS >= doc_length  # the document's last block
+            final = tl.where(best == float("-inf"), -3.4028234663852886e38, best)
+            best_all = tl.where(cols[None, :] == tl.where(done, j, -1), final[:, None], best_all)
+            tl.store(
+                idx_ptr + doc * rows_alloc + rows,
+                arg.to(idx_ptr.dtype.element_ty),
+                mask=rows < tl.where(done & (doc < n_docs), n_rows, 0),  # rvalid, at the last block
+            )
+            best = tl.where(done, float("-inf"), best)
+            arg = tl.where(done, 0, arg)
         docs = group * DOCS + cols
         first = tl.min(tl.where(rvalid, query, 2147483647))
         last = tl.max(query)
@@ -556,11 +574,49 @@ def _mode(op: str, device_type: str) -> int:
     return 2 if torch.backends.cuda.matmul.allow_tf32 else 1
 
 
-def _config(device_type: str) -> dict[str, int]:
-    """Tile sizes: wide tiles on a GPU, small ones for the interpreter (it runs them in numpy)."""
-    if interpreting() or device_type != "cuda":
-        return {"rows": 16, "tokens": 32, "docs": 4, "dd_tokens": 32, "warps": 4, "stages": 1}
-    return {"rows": 128, "tokens": 64, "docs": 16, "dd_tokens": 64, "warps": 8, "stages": 3}
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """Tile sizes and launch settings of the kernels (powers of two, >= 16 where they meet
+    ``tl.dot``).
+
+    ``rows``: query rows per forward program; ``tokens``: document tokens per forward block;
+    ``docs``: documents per forward program; ``dq_rows``: rows per dQ program; ``dd_rows`` /
+    ``dd_tokens``: the dD program's row tile and its stationary token block; ``warps`` /
+    ``stages``: Triton's ``num_warps`` / ``num_stages``.
+    """
+
+    rows: int = 128
+    tokens: int = 64
+    docs: int = 16
+    dq_rows: int = 64
+    dd_rows: int = 64
+    dd_tokens: int = 64
+    warps: int = 8
+    stages: int = 3
+
+
+#: small tiles for Triton's interpreter, which runs every block operation in numpy
+INTERPRETER_TILES = Tiles(rows=16, tokens=32, docs=4, dq_rows=16, dd_rows=16, dd_tokens=32, warps=4, stages=1)
+
+_TILES: contextvars.ContextVar[Tiles | None] = contextvars.ContextVar("colzero_fused_tiles", default=None)
+
+
+@contextlib.contextmanager
+def use_tiles(tiles: Tiles) -> Iterator[None]:
+    """Run the fused kernels with ``tiles`` inside the block (benchmarks sweep them with it)."""
+    token = _TILES.set(tiles)
+    try:
+        yield
+    finally:
+        _TILES.reset(token)
+
+
+def _config(device_type: str) -> Tiles:
+    """The tiles of this call: :func:`use_tiles`' when set, else the defaults for the device."""
+    chosen = _TILES.get()
+    if chosen is not None:
+        return chosen
+    return INTERPRETER_TILES if interpreting() or device_type != "cuda" else Tiles()
 
 
 def _block_dim(dim: int) -> int:
@@ -571,6 +627,17 @@ def _tl_dtype(op: str) -> Any:
     return {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}[op]
 
 
+def _operands(queries: torch.Tensor, documents: torch.Tensor, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous inputs, rounded to the operand dtype once here when the kernels take half
+    operands (so they read 2 bytes per value, not 4). The rounding is the one the kernels would
+    apply anyway, so the result is the same; the zero test (rows) then sees the rounded values,
+    as the chunked backend does."""
+    if _mode(op, queries.device.type) == 0:
+        operand = OPERAND_DTYPES[op]
+        queries, documents = queries.to(operand), documents.to(operand)
+    return queries.contiguous(), documents.contiguous()
+
+
 def _forward(
     queries: torch.Tensor,
     documents: torch.Tensor,
@@ -579,7 +646,7 @@ def _forward(
     nway: bool,
     op: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    queries, documents = queries.contiguous(), documents.contiguous()
+    queries, documents = _operands(queries, documents, op)
     mask = documents_mask.contiguous().view(torch.uint8)
     nq, lq, dim = queries.shape
     ld = documents.shape[-2]
@@ -594,15 +661,15 @@ def _forward(
         m2 = mask.view(nq * k, ld)
         out = torch.empty((nq, k), dtype=torch.float32, device=queries.device)
         idx = torch.empty((k, rows.alloc), dtype=index_dtype(ld), device=queries.device)
-        n_groups = triton.cdiv(k, cfg["docs"])
+        n_groups = triton.cdiv(k, cfg.docs)
         if nq and k and ld:
             _nway_fwd_kernel[(nq * n_groups,)](
                 q2, d3, m2, rows.src, rows.starts, rows.counts, out, idx,
                 k, ld, dim, rows.alloc, n_groups,
                 q2.stride(0), d3.stride(0), d3.stride(1), m2.stride(0),
-                OP=opt, MODE=mode, BLOCK_ROWS=min(cfg["rows"], 64), BLOCK_TOKENS=cfg["tokens"],
-                BLOCK_DIM=block_dim, DOCS=min(cfg["docs"], triton.next_power_of_2(k)),
-                num_warps=cfg["warps"], num_stages=cfg["stages"],
+                OP=opt, MODE=mode, BLOCK_ROWS=min(cfg.rows, 64), BLOCK_TOKENS=cfg.tokens,
+                BLOCK_DIM=block_dim, DOCS=min(cfg.docs, triton.next_power_of_2(k)),
+                num_warps=cfg.warps, num_stages=cfg.stages,
             )  # fmt: skip
         elif nq and k:
             out.fill_(0.0)
@@ -610,15 +677,15 @@ def _forward(
     nd = documents.shape[0]
     out = torch.zeros((nq, nd), dtype=torch.float32, device=queries.device)
     idx = torch.empty((nd, rows.alloc), dtype=index_dtype(ld), device=queries.device)
-    n_row_tiles = triton.cdiv(rows.alloc, cfg["rows"])
-    n_groups = triton.cdiv(nd, cfg["docs"])
+    n_row_tiles = triton.cdiv(rows.alloc, cfg.rows)
+    n_groups = triton.cdiv(nd, cfg.docs)
     if nq and nd and ld:
         _all_pairs_fwd_kernel[(n_row_tiles * n_groups,)](
             q2, documents, mask, rows.src, rows.query, rows.n_rows, out, idx,
             nd, ld, dim, rows.alloc, n_row_tiles,
             q2.stride(0), documents.stride(0), documents.stride(1), mask.stride(0),
-            OP=opt, MODE=mode, BLOCK_ROWS=cfg["rows"], BLOCK_TOKENS=cfg["tokens"], BLOCK_DIM=block_dim,
-            DOCS=cfg["docs"], num_warps=cfg["warps"], num_stages=cfg["stages"],
+            OP=opt, MODE=mode, BLOCK_ROWS=cfg.rows, BLOCK_TOKENS=cfg.tokens, BLOCK_DIM=block_dim,
+            DOCS=cfg.docs, num_warps=cfg.warps, num_stages=cfg.stages,
         )  # fmt: skip
     return out, idx
 
@@ -655,7 +722,8 @@ def _backward_kernels(
     nway: bool,
     op: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    queries, documents = queries.contiguous(), documents.contiguous()
+    q_dtype, d_dtype = queries.dtype, documents.dtype
+    queries, documents = _operands(queries, documents, op)
     nq, lq, dim = queries.shape
     ld = documents.shape[-2]
     rows = _Rows(queries, queries_mask)
@@ -667,7 +735,7 @@ def _backward_kernels(
     g = grad.float() * documents_mask.any(dim=-1)  # fully masked documents pass no gradient
     grad_d = torch.zeros(documents.shape, dtype=torch.float32, device=device)
     grad_rows = torch.zeros((rows.alloc, block_dim), dtype=torch.float32, device=device)
-    n_tok_blocks = triton.cdiv(ld, cfg["dd_tokens"])
+    n_tok_blocks = triton.cdiv(ld, cfg.dd_tokens)
     if nway:
         k = documents.shape[1]
         d3 = documents.view(nq * k, ld, dim)
@@ -677,20 +745,20 @@ def _backward_kernels(
             _nway_dq_kernel[(nq,)](
                 d3, rows.starts, rows.counts, idx, g, grad_rows,
                 k, dim, rows.alloc, d3.stride(0), d3.stride(1),
-                OP=opt, BLOCK_ROWS=min(cfg["rows"], 64), BLOCK_DIM=block_dim,
-                num_warps=cfg["warps"], num_stages=cfg["stages"],
+                OP=opt, BLOCK_ROWS=cfg.dq_rows, BLOCK_DIM=block_dim,
+                num_warps=cfg.warps, num_stages=cfg.stages,
             )  # fmt: skip
             _nway_dd_kernel[(nq * k * n_tok_blocks,)](
                 q2, rows.src, rows.starts, rows.counts, idx, g, gd3,
                 k, ld, dim, rows.alloc, n_tok_blocks, q2.stride(0), gd3.stride(0), gd3.stride(1),
-                OP=opt, MODE=mode, BLOCK_ROWS=min(cfg["rows"], 64), BLOCK_TOKENS=cfg["dd_tokens"],
-                BLOCK_DIM=block_dim, num_warps=cfg["warps"], num_stages=cfg["stages"],
+                OP=opt, MODE=mode, BLOCK_ROWS=cfg.dd_rows, BLOCK_TOKENS=cfg.dd_tokens,
+                BLOCK_DIM=block_dim, num_warps=cfg.warps, num_stages=cfg.stages,
             )  # fmt: skip
         zero_grad = torch.einsum("bk,bkd->bd", g, _first_token_vectors(documents, documents_mask, op))
     else:
         nd = documents.shape[0]
         gt = g.t().contiguous()  # (Nd, Nq): a document's weights are contiguous
-        n_row_tiles = triton.cdiv(rows.alloc, cfg["rows"])
+        n_row_tiles = triton.cdiv(rows.alloc, cfg.dq_rows)
         n_groups = max(1, min(triton.cdiv(nd, 64), _DQ_PARTIAL_BYTES // max(1, grad_rows.numel() * 4)))
         docs_per_group = triton.cdiv(nd, n_groups) if nd else 1
         parts = torch.zeros((n_groups, rows.alloc, block_dim), dtype=torch.float32, device=device)
@@ -699,14 +767,14 @@ def _backward_kernels(
                 documents, rows.query, rows.n_rows, idx, gt, parts,
                 nd, nq, dim, rows.alloc, n_row_tiles, docs_per_group,
                 documents.stride(0), documents.stride(1),
-                OP=opt, BLOCK_ROWS=cfg["rows"], BLOCK_DIM=block_dim,
-                num_warps=cfg["warps"], num_stages=cfg["stages"],
+                OP=opt, BLOCK_ROWS=cfg.dq_rows, BLOCK_DIM=block_dim,
+                num_warps=cfg.warps, num_stages=cfg.stages,
             )  # fmt: skip
             _all_pairs_dd_kernel[(nd * n_tok_blocks,)](
                 q2, rows.src, rows.query, rows.n_rows, idx, gt, grad_d,
                 nq, ld, dim, rows.alloc, n_tok_blocks, q2.stride(0), grad_d.stride(0), grad_d.stride(1),
-                OP=opt, MODE=mode, BLOCK_ROWS=cfg["rows"], BLOCK_TOKENS=cfg["dd_tokens"], BLOCK_DIM=block_dim,
-                num_warps=cfg["warps"], num_stages=cfg["stages"],
+                OP=opt, MODE=mode, BLOCK_ROWS=cfg.dd_rows, BLOCK_TOKENS=cfg.dd_tokens, BLOCK_DIM=block_dim,
+                num_warps=cfg.warps, num_stages=cfg.stages,
             )  # fmt: skip
         grad_rows = parts.sum(dim=0)
         zero_grad = g @ _first_token_vectors(documents, documents_mask, op)
@@ -718,7 +786,7 @@ def _backward_kernels(
     grad_q = grad_q[: rows.alloc].view(nq, lq, dim)
     zero_scored = (rows.scored & ~rows.nonzero).unsqueeze(-1)
     grad_q = torch.where(zero_scored, zero_grad.unsqueeze(1), grad_q)
-    return grad_q.to(queries.dtype), grad_d.to(documents.dtype)
+    return grad_q.to(q_dtype), grad_d.to(d_dtype)
 
 
 # ---------------------------------------------------------------------------- custom ops
