@@ -580,7 +580,8 @@ class Tiles:
     ``tl.dot``).
 
     ``rows``: query rows per forward program; ``tokens``: document tokens per forward block;
-    ``docs``: documents per forward program; ``dq_rows``: rows per dQ program; ``dd_rows`` /
+    ``docs``: documents per forward program (``nway_docs``: candidates, fewer, as a query has only
+    its own K and the grid must still fill the GPU); ``dq_rows``: rows per dQ program; ``dd_rows`` /
     ``dd_tokens``: the dD program's row tile and its stationary token block; ``warps`` /
     ``stages``: Triton's ``num_warps`` / ``num_stages``.
     """
@@ -588,6 +589,7 @@ class Tiles:
     rows: int = 128
     tokens: int = 64
     docs: int = 16
+    nway_docs: int = 2
     dq_rows: int = 64
     dd_rows: int = 64
     dd_tokens: int = 64
@@ -661,14 +663,15 @@ def _forward(
         m2 = mask.view(nq * k, ld)
         out = torch.empty((nq, k), dtype=torch.float32, device=queries.device)
         idx = torch.empty((k, rows.alloc), dtype=index_dtype(ld), device=queries.device)
-        n_groups = triton.cdiv(k, cfg.docs)
+        docs = min(cfg.nway_docs, triton.next_power_of_2(k))
+        n_groups = triton.cdiv(k, docs)
         if nq and k and ld:
             _nway_fwd_kernel[(nq * n_groups,)](
                 q2, d3, m2, rows.src, rows.starts, rows.counts, out, idx,
                 k, ld, dim, rows.alloc, n_groups,
                 q2.stride(0), d3.stride(0), d3.stride(1), m2.stride(0),
                 OP=opt, MODE=mode, BLOCK_ROWS=min(cfg.rows, 64), BLOCK_TOKENS=cfg.tokens,
-                BLOCK_DIM=block_dim, DOCS=min(cfg.docs, triton.next_power_of_2(k)),
+                BLOCK_DIM=block_dim, DOCS=docs,
                 num_warps=cfg.warps, num_stages=cfg.stages,
             )  # fmt: skip
         elif nq and k:
