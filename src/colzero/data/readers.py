@@ -316,12 +316,65 @@ def load_text_table(path: str | os.PathLike[str], what: str = "document") -> dic
 
 
 # ---------------------------------------------------------------------- outputs
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def temp_name(name: str) -> str:
+    """The name of this process's temporary file or folder for ``name``: ``.NAME.tmp-PID``."""
+    return f".{name}.tmp-{os.getpid()}"
+
+
+def temp_owner(entry: str) -> tuple[str, int] | None:
+    """``(name, pid)`` of a temporary entry named by :func:`temp_name`, else None."""
+    if not entry.startswith("."):
+        return None
+    stem, sep, pid = entry[1:].rpartition(".tmp-")
+    return (stem, int(pid)) if sep and stem and pid.isdigit() else None
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary entries (:func:`temp_name`) in ``folder`` whose process is gone (only
+    those for ``name`` when given); a live process's are never touched. Returns what was removed."""
+    import shutil
+
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        owner = temp_owner(entry.name)
+        if owner is None or (name is not None and owner[0] != name) or pid_alive(owner[1]):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place on success, delete it on error."""
+    """Yield a temporary path next to ``path``; rename it into place on success, delete it on error.
+
+    The temporary entry is ``.NAME.tmp-PID``; those a killed run left for the same ``path`` are
+    removed first (only when their process is gone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temps(path.parent, path.name)
+    tmp = path.parent / temp_name(path.name)
     try:
         yield tmp
         os.replace(tmp, path)
