@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: id columns of document / query tables, in order of preference
 ID_FIELDS = ("_id", "id", "document_id", "query_id", "doc_id", "docid", "corpus-id", "query-id", "qid")
@@ -272,15 +275,30 @@ def iter_documents(source: Any, *, what: str = "document") -> Iterator[Document]
     A duplicate id stops the read with both places; an empty source is an error.
     """
     seen: dict[str, str] = {}
+    empty: list[Document] = []
+    n_empty = 0
     for doc in _raw_documents(source):
         first = seen.get(doc.id)
         if first is not None:
             raise DataError(f"{doc.where}: field '_id': duplicate {what} id {doc.id!r} (first at {first})")
         seen[doc.id] = doc.where
+        if not doc.text.strip():
+            n_empty += 1
+            if len(empty) < 3:
+                empty.append(doc)
         yield doc
     if not seen:
         noun = "corpus" if what == "document" else f"{what} table"
         raise DataError(f"{_label(source)}: the {noun} is empty")
+    if n_empty:
+        logger.warning(
+            "%s: %d of %d %ss have empty text (%s); they encode to the special tokens only",
+            _label(source),
+            n_empty,
+            len(seen),
+            what,
+            "; ".join(f"{d.where}: id {d.id!r}" for d in empty) + ("; ..." if n_empty > len(empty) else ""),
+        )
 
 
 def _label(source: Any) -> str:
