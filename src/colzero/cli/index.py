@@ -27,6 +27,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from colzero.index import Index, SearchSettings, build_sharded
 
+    _stop_if_busy(args.output, args.wait)
     model = load_index_model(args.model)
     kwargs = {
         "codec": args.codec,
@@ -54,9 +55,20 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_if_busy(path: str, wait: float) -> None:
+    """Without --wait, a busy index stops the command before it loads a model."""
+    if wait <= 0:
+        from pathlib import Path
+
+        from colzero.index.generations import check_writable
+
+        check_writable(Path(path))
+
+
 def _add(args: argparse.Namespace) -> int:
     from colzero.index import Index
 
+    _stop_if_busy(args.index, args.wait)
     idx = Index.load(args.index, load_index_model(args.model, args.index))
     added = idx.add(args.corpus, batch_size=args.batch_size, wait=args.wait)
     print(json.dumps({"added": added, "documents": len(idx), "generation": idx.generation}))
@@ -75,6 +87,7 @@ def _delete(args: argparse.Namespace) -> int:
         ids += [line.strip() for _, line in iter_lines(Path(args.ids_file))]
     if not ids:
         raise ValueError("no ids to delete: give IDs or --ids-file")
+    _stop_if_busy(args.index, args.wait)
     idx = Index.load(args.index)
     try:
         n = idx.delete(ids, missing="ignore" if args.ignore_missing else "error", wait=args.wait)

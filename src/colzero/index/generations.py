@@ -180,6 +180,23 @@ def writer_lock(path: Path, wait: float = 0.0) -> Iterator[None]:
         os.close(fd)
 
 
+def check_writable(path: Path) -> None:
+    """:class:`IndexBusyError` at once if another process holds the writer lock (a command that
+    would stop anyway then stops before loading a model); nothing happens otherwise."""
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise IndexBusyError(_busy_message(path, fd, 0)) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _busy_message(path: Path, fd: int, wait: float) -> str:
     try:
         holder = os.pread(fd, 32, 0).decode().strip()
@@ -324,6 +341,7 @@ __all__ = [
     "Pointer",
     "ReaderHold",
     "base_dir",
+    "check_writable",
     "collect_garbage",
     "new_base",
     "publish",

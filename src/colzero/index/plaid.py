@@ -340,7 +340,6 @@ class Index:
         pointer = generations.read_pointer(self.path)
         if pointer is None:
             raise _not_an_index(self.path)
-        generations.collect_garbage(self.path, pointer)
         base = generations.base_dir(self.path, pointer)
         con = storage.connect(base / "docs.sqlite", write=True)
         try:
@@ -349,10 +348,11 @@ class Index:
                 storage.upgrade_schema(con)
                 con.execute("COMMIT")
                 generations.publish(self.path, pointer)
+            self.refresh()  # first: this index then no longer holds an earlier base
+            generations.collect_garbage(self.path, pointer)
             for name in storage.rollback_unpublished(con, pointer.generation):
                 logger.info("%s: rolled back an unpublished segment %s", base, name)
             storage.remove_orphans(base, {r[0] for r in con.execute("SELECT name FROM segments")})
-            self.refresh()
         except BaseException:
             con.close()
             raise
