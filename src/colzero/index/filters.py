@@ -90,6 +90,9 @@ def check_filter(flt: Any) -> dict[str, Any]:
         raise FilterError(f"a filter has at most {MAX_FIELDS} fields, got {len(flt)}")
     total = 0
     for name, wanted in flt.items():
+        problem = unicode_problem(name) if isinstance(name, str) else None
+        if problem:
+            raise FilterError(f"filter field {name!r}: the name {problem}", (name,))
         if not isinstance(name, str) or not name or any(c in name for c in '"\\') or not name.isprintable():
             raise FilterError(
                 f"filter field {name!r}: a field name is a non-empty printable string without quotes", (name,)
@@ -98,9 +101,6 @@ def check_filter(flt: Any) -> dict[str, Any]:
             raise FilterError(
                 f"filter field {name[:40]!r}...: a name has at most {MAX_NAME_CHARS} characters", (name,)
             )
-        problem = unicode_problem(name)
-        if problem:
-            raise FilterError(f"filter field {name!r}: the name {problem}", (name,))
         if isinstance(wanted, list | tuple):
             total += len(wanted)
             if total > MAX_VALUES:
