@@ -9,20 +9,12 @@ import types
 
 import pytest
 from conftest import make_colbert
+from test_data_tools import CORPUS
 
 from colzero.data.mining import mine_beir, mine_file
 from colzero.data.readers import DataError, iter_jsonl, load_text_table
 from colzero.data.sources import SourceData
 from colzero.training.config import DataSource, LossConfig
-
-CORPUS = {
-    "p": "neural network training loss for retrieval",
-    "a": "neural network training with a contrastive loss",
-    "b": "neural network model of the cell",
-    "c": "the fox and the dog",
-    "d": "protein folding study results",
-    "e": "gene data method",
-}
 
 
 def write_jsonl(path, rows):

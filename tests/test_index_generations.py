@@ -38,15 +38,12 @@ def rows(n: int, seed: int = 0, prefix: str = "d", **extra) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def model():
-    return make_colbert()
-
-
-@pytest.fixture(scope="module")
-def built(model, tmp_path_factory):
+def source(tmp_path_factory):
+    """A 60-document index (built in chunks of 25) that every test copies, and its model."""
+    model = make_colbert()
     path = tmp_path_factory.mktemp("gen") / "idx"
     Index.build(model, rows(60), path, chunk_size=25)
-    return path
+    return path, model
 
 
 def copy_of(built: Path, tmp_path: Path) -> Path:
@@ -69,7 +66,8 @@ def own_fields_ok(idx: Index, hits) -> bool:
     return all(f["own"] == d for (d, _), f in zip(hits, idx.fields([d for d, _ in hits]), strict=True))
 
 
-def test_readers_follow_generations_and_keep_a_consistent_snapshot(built, model, tmp_path):
+def test_readers_follow_generations_and_keep_a_consistent_snapshot(source, tmp_path):
+    built, model = source
     path = copy_of(built, tmp_path)
     reader, stale, writer = (Index.load(path, model) for _ in range(3))
     assert reader.generation == 1 and len(reader) == 60
@@ -108,7 +106,8 @@ def test_readers_follow_generations_and_keep_a_consistent_snapshot(built, model,
     assert sorted(p.name for p in path.iterdir() if p.name.startswith("base-")) == [reader.base.name]
 
 
-def test_a_second_writer_stops_naming_the_first_or_queues_with_wait(built, model, tmp_path):
+def test_a_second_writer_stops_naming_the_first_or_queues_with_wait(source, tmp_path):
+    built, model = source
     path = copy_of(built, tmp_path)
     idx = Index.load(path, model)
     live = idx.base / f".seg-inprogress.tmp-{os.getpid()}"  # the lock holder's in-progress segment
@@ -207,7 +206,8 @@ def as_dead(snapshot: Path, pid: int) -> None:
 
 
 @pytest.mark.parametrize("change", ["build", "add", "delete"])
-def test_a_kill_at_each_rename_leaves_an_index_that_opens_whole(built, model, tmp_path, monkeypatch, change):
+def test_a_kill_at_each_rename_leaves_an_index_that_opens_whole(source, tmp_path, monkeypatch, change):
+    built, model = source
     path = copy_of(built, tmp_path)
     idx = Index.load(path, model)
     before = (all_ids(idx), idx.search(["quick brown fox"], k=5))
@@ -249,7 +249,8 @@ def test_a_kill_at_each_rename_leaves_an_index_that_opens_whole(built, model, tm
     assert all_ids(Index.load(path, model)) == after  # the change itself went through
 
 
-def test_stale_leftovers_of_dead_processes_are_removed_and_a_live_ones_kept(built, model, tmp_path):
+def test_stale_leftovers_of_dead_processes_are_removed_and_a_live_ones_kept(source, tmp_path):
+    built, model = source
     from colzero.data.readers import write_jsonl
 
     path = copy_of(built, tmp_path)
@@ -311,7 +312,8 @@ def make_legacy(source: Path, target: Path) -> None:
     (target / "metadata.json").write_text(json.dumps({**meta, "format_version": 2}))
 
 
-def test_a_format_2_folder_opens_converts_on_write_and_is_replaced_by_a_rebuild(built, model, tmp_path):
+def test_a_format_2_folder_opens_converts_on_write_and_is_replaced_by_a_rebuild(source, tmp_path):
+    built, model = source
     legacy = tmp_path / "legacy"
     make_legacy(built, legacy)
     idx = Index.load(legacy, model)
@@ -333,7 +335,8 @@ def test_a_format_2_folder_opens_converts_on_write_and_is_replaced_by_a_rebuild(
     assert left == sorted([".lock", ".readers", "CURRENT", fresh.base.name]), left
 
 
-def test_an_earlier_versions_interrupted_replace_is_finished_or_rolled_back(built, model, tmp_path):
+def test_an_earlier_versions_interrupted_replace_is_finished_or_rolled_back(source, tmp_path):
+    built, model = source
     old, new = tmp_path / "old-src", tmp_path / "new-src"
     make_legacy(built, old)
     make_legacy(built, new)

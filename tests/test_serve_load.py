@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,13 +26,10 @@ from conftest import REPO, WORDS, make_colbert
 
 from colzero.index import Index
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from serve_load import start_server
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rows(ids: list[str], seed: int, **extra) -> list[dict]:
@@ -60,26 +55,12 @@ def served(tmp_path_factory):
     model = load_model(str(model_dir))
     path = tmp / "idx"
     Index.build(model, rows([f"d{i}" for i in range(200)], 0, batch="first"), path, model_name=str(model_dir))
-    port = free_port()
     log = open(tmp / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "colzero.cli.main", "serve", str(path), "--port", str(port), "--max-k", "50"],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.close()
-            raise AssertionError(f"server did not start:\n{(tmp / 'server.log').read_text()}")
-        time.sleep(0.2)
+    try:
+        proc, base = start_server(path, "--max-k", "50", output=log, timeout=300)
+    except RuntimeError as exc:
+        log.close()
+        raise AssertionError(f"{exc}:\n{(tmp / 'server.log').read_text()}") from None
     yield base, proc, path, model
     proc.terminate()
     proc.wait(30)
