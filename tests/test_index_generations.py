@@ -66,6 +66,28 @@ def own_fields_ok(idx: Index, hits) -> bool:
     return all(f["own"] == d for (d, _), f in zip(hits, idx.fields([d for d, _ in hits]), strict=True))
 
 
+def same_state(a: Index, b: Index) -> None:
+    x, y = a.state, b.state
+    assert (x.generation, x.doc_ids, x.pid_of, x.has_texts) == (
+        y.generation,
+        y.doc_ids,
+        y.pid_of,
+        y.has_texts,
+    )
+    for name in (
+        "codes",
+        "doclens",
+        "doc_starts",
+        "doc_segment",
+        "seg_token_base",
+        "ivf_pids",
+        "ivf_offsets",
+        "deleted",
+    ):
+        np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
+    assert [s.name for s in x.segments] == [s.name for s in y.segments]
+
+
 def test_readers_follow_generations_and_keep_a_consistent_snapshot(source, tmp_path):
     built, model = source
     path = copy_of(built, tmp_path)
@@ -75,6 +97,7 @@ def test_readers_follow_generations_and_keep_a_consistent_snapshot(source, tmp_p
 
     assert writer.delete(["d0", "d1"]) == 2 and writer.generation == 2
     assert reader.refresh() and reader.generation == 2 and len(reader) == 58
+    same_state(reader, Index.load(path))
     assert not {"d0", "d1"} & all_ids(reader)
     assert {"d0", "d1"} <= all_ids(stale)  # not refreshed: still generation 1, whole
     assert stale.fields(["d0"]) == [{"text": stale.fields(["d0"])[0]["text"], "group": 0, "own": "d0"}]
@@ -84,6 +107,7 @@ def test_readers_follow_generations_and_keep_a_consistent_snapshot(source, tmp_p
     assert reader.refresh() and len(reader) == 63
     hits = reader.search(["quick brown fox"], k=10, filter={"group": 7})[0]
     assert {d for d, _ in hits} == {f"n{i}" for i in range(5)} and own_fields_ok(reader, hits)
+    same_state(reader, Index.load(path))  # what refresh read incrementally is what a fresh load reads
 
     # a rebuild over the folder: a new base, published as generation 4
     new_rows = rows(30, seed=3, prefix="r", source="new")
