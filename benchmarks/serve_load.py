@@ -107,13 +107,17 @@ class Load:
 
     def __init__(self, base: str, queries: list[str], clients: int, k: int) -> None:
         self.base, self.queries, self.clients, self.k = base, queries, clients, k
-        self.changes: list[tuple[float, set[str], bool]] = []  # (done at, ids deleted or kept, a rebuild?)
+        #: (done at, ids deleted or kept, a rebuild?, the generation it made)
+        self.changes: list[tuple[float, set[str], bool, int]] = []
         self.lock = threading.Lock()
+        self.violations: list[dict] = []  # what every answer that broke a rule got wrong
 
     def run(self, stop) -> dict:
+        """Requests until ``stop(n, client)``; every answer is checked once the phase is over (when
+        every change it may come from is known)."""
         records: list[
-            tuple[float, float, int, int, int]
-        ] = []  # sent, latency, status, violations, generation
+            tuple[float, float, int, dict | None, dict]
+        ] = []  # sent, latency, status, filter, answer
 
         def client(cid: int) -> None:
             import httpx
@@ -125,21 +129,15 @@ class Load:
                     n += 1
                     q = self.queries[int(rng.integers(len(self.queries)))]
                     flt = {"group": int(rng.integers(10))} if n % 2 else None
+                    body = {"query": q, "k": self.k, "filter": flt, "fields": ["own", "group"]}
                     sent = time.monotonic()
                     try:
-                        r = c.post(
-                            "/search",
-                            json={"query": q, "k": self.k, "filter": flt, "fields": ["own", "group"]},
-                        )
+                        r = c.post("/search", json=body)
                         status, payload = r.status_code, r.json()
                     except httpx.HTTPError:
                         status, payload = 0, {}
-                    latency = time.monotonic() - sent
-                    bad, generation = (
-                        (self.check(sent, flt, payload), payload["generation"]) if status == 200 else (0, -1)
-                    )
                     with self.lock:
-                        records.append((sent, latency, status, bad, generation))
+                        records.append((sent, time.monotonic() - sent, status, flt, payload))
 
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client, args=(i,)) for i in range(self.clients)]
@@ -149,7 +147,8 @@ class Load:
             t.join()
         wall = time.perf_counter() - t0
         lat = np.array([r[1] for r in records]) * 1000
-        gens = [r[4] for r in records if r[4] >= 0]
+        answered = [r for r in records if r[2] == 200]
+        gens = [r[4]["generation"] for r in answered]
         return {
             "requests": len(records),
             "wall_s": round(wall, 2),
@@ -157,25 +156,40 @@ class Load:
             "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "max_ms": round(float(lat.max()), 1),
-            "errors": sum(1 for r in records if r[2] != 200),
-            "violations": sum(r[3] for r in records),
+            "errors": len(records) - len(answered),
+            "violations": sum(self.check(sent, flt, payload) for sent, _, _, flt, payload in answered),
             "generations": sorted(set(gens)),
         }
 
     def check(self, sent: float, flt: dict | None, payload: dict) -> int:
-        forbidden: set[str] = set()  # deleted by a change done before the request was sent
-        keep: set[str] | None = None  # what the last rebuild done before it holds
-        for done, ids, rebuild in self.changes:
-            if done < sent and rebuild:
+        """The rule violations of one answer: it must come from a generation at least as new as
+        every change done before the request was sent, and hold what that generation holds."""
+        generation = payload["generation"]
+        forbidden: set[str] = set()  # deleted in the answered generation
+        keep: set[str] | None = None  # what the last rebuild up to that generation holds
+        bad = []
+        for done, ids, rebuild, made in self.changes:
+            if done < sent and made > generation:
+                bad.append(
+                    f"answered from generation {generation}, older than {made}, done before it was sent"
+                )
+            if made <= generation and rebuild:
                 keep, forbidden = ids, set()
-            elif done < sent:
+            elif made <= generation:
                 forbidden |= ids
-        bad = 0
         for h in payload["results"][0]:
-            bad += h["fields"]["own"] != h["id"]
-            bad += flt is not None and h["fields"]["group"] != flt["group"]
-            bad += h["id"] in forbidden or (keep is not None and h["id"] not in keep)
-        return bad
+            if h["fields"]["own"] != h["id"]:
+                bad.append(f"hit {h['id']} carries the fields of {h['fields']['own']}")
+            if flt is not None and h["fields"]["group"] != flt["group"]:
+                bad.append(
+                    f"hit {h['id']} has group {h['fields']['group']}, the filter asked for {flt['group']}"
+                )
+            if h["id"] in forbidden or (keep is not None and h["id"] not in keep):
+                bad.append(f"hit {h['id']} is not in generation {generation}")
+        if bad:
+            with self.lock:
+                self.violations.append({"sent": sent, "generation": generation, "problems": bad})
+        return len(bad)
 
 
 def main(argv=None) -> int:
@@ -228,10 +242,11 @@ def main(argv=None) -> int:
                         True,
                     ),
                 ]
-                for kind, fn, changed, keep_only in steps:
+                for kind, fn, changed, rebuild in steps:
                     t0 = time.perf_counter()
                     fn()
-                    load.changes.append((time.monotonic(), changed, keep_only))
+                    made = Index.load(path).generation if rebuild else idx.generation
+                    load.changes.append((time.monotonic(), changed, rebuild, made))
                     changes.append({"change": kind, "seconds": round(time.perf_counter() - t0, 2)})
             finally:
                 done.set()
@@ -299,6 +314,8 @@ def main(argv=None) -> int:
             "changes": changes,
             "server_rss_mb_after": round(rss_kb / 1024, 1),
             "health_after": health,
+            "changes_done_at": [round(c[0], 3) for c in load.changes],
+            "violations": load.violations[:50],
         },
     )
     print(f"wrote {out}")
