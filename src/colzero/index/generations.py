@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from colzero.data.readers import pid_alive, remove_stale_temps, temp_name
+from colzero.data.readers import pid_alive, remove_stale_temps, temp_name, temp_owner
 from colzero.index.storage import IndexCorruptError
 
 logger = logging.getLogger(__name__)
@@ -282,18 +282,6 @@ def collect_garbage(path: Path, pointer: Pointer | None) -> None:
         _remove_if_unused(path, _legacy_entries(path))
 
 
-def live_temps(path: Path) -> list[Path]:
-    """Temporary entries of processes that still run (what :func:`collect_garbage` keeps)."""
-    from colzero.data.readers import temp_owner
-
-    out = []
-    for entry in path.iterdir():
-        owner = temp_owner(entry.name)
-        if owner is not None and pid_alive(owner[1]):
-            out.append(entry)
-    return out
-
-
 # ---------------------------------------------------------------------------- earlier versions
 def recover_legacy_replace(path: Path) -> bool:
     """Finish (or roll back) a replace that an earlier colzero was killed in, between moving the
@@ -328,8 +316,6 @@ def recover_legacy_replace(path: Path) -> bool:
 
 
 def _is_live_temp(entry: Path) -> bool:
-    from colzero.data.readers import temp_owner
-
     owner = temp_owner(entry.name)
     return owner is not None and pid_alive(owner[1])
 
