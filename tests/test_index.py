@@ -207,7 +207,7 @@ def test_injected_failure_keeps_previous_index(built, model, tmp_path, monkeypat
             idx.add([("n" + d, t) for d, t in corpus(50, seed=5)], chunk_size=10)
     after = Index.load(path, model)
     assert len(after) == 300 and after.search(["quick brown fox"], k=5) == before
-    assert not [p for p in path.iterdir() if p.name.startswith(".seg-")]
+    assert not [p for p in after.base.iterdir() if p.name.startswith(".seg-")]
     # a failed rebuild over an existing index leaves it intact
     with monkeypatch.context() as m:
         fail_after_chunks(m, 2)
@@ -253,7 +253,7 @@ def test_sigkill_mid_add_leaves_index_usable(built, model, tmp_path):
     idx = Index.load(path, model)
     assert len(idx) == 300 and len(idx.segments) == 1
     assert idx.add([("after-kill", "dog")]) == 1  # orphans cleaned, index writable
-    assert not [p for p in path.iterdir() if p.name.startswith(".seg-")]
+    assert not [p for p in idx.base.iterdir() if p.name.startswith(".seg-")]
 
 
 def test_corrupt_and_half_written_detected(built, tmp_path):
