@@ -31,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from colzero.training.distributed import LaunchError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
@@ -40,13 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, LaunchError) as exc:
-        if args.verbose >= 2:
-            raise
-        print(f"colzero {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    from colzero.cli.errors import run_command
+
+    return run_command(args)  # an error: one line, exit 2 (bad input) or 1 (internal fault)
 
 
 if __name__ == "__main__":
