@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_colbert, minilm_path, shared_path
+from conftest import REPO, make_colbert, minilm_path, quickstart_prepare, shared_path
 
 #: third-party noise the default level must not print (issue 22)
 NOISE = ("LOAD REPORT", "Writing model shards", "vocab-expansion", "WARNING clustering")
@@ -40,31 +40,7 @@ def tiny_beir(root: Path, n_queries: int = 8, n_extra: int = 40) -> Path:
 
 def quickstart_overrides(evaluation: Path | None) -> list[str]:
     """The quickstart recipe with its first steps only: small preparation, 2 steps per phase."""
-    corpus = "${shared}/data/beir/scifact/corpus.jsonl"
-    prepare = [
-        {
-            "tool": "pairs",
-            "output": "${run}/data/pairs-scifact.jsonl",
-            "args": {"corpus": corpus, "max_pairs": 200},
-        },
-        {
-            "tool": "pairs",
-            "output": "${run}/data/pairs-msmarco.jsonl",
-            "args": {"corpus": "${shared}/data/beir/msmarco-dl19-mini/corpus.jsonl", "max_pairs": 100},
-        },
-        {
-            "tool": "score",
-            "output": "${run}/data/kd-scifact-minilm.jsonl",
-            "args": {
-                "model": "${minilm}",
-                "input": "${shared}/data/train/scifact-train-hn/train.jsonl",
-                "documents": corpus,
-                "n_candidates": 4,
-                "max_queries": 8,
-                "max_length": 48,
-            },
-        },
-    ]
+    prepare = quickstart_prepare((200, 100), kd_queries=8, kd_max_length=48)
     phases = [
         {"max_steps": 2, "batch_size": 8, "loss": {"mini_batch_size": 4}, "save_every": 1},
         {"max_steps": 2, "batch_size": 4, "save_every": 1},
