@@ -182,6 +182,8 @@ def test_cpu_calibration_times_the_architecture(tmp_path):
 
     with pytest.raises(CalibrationUnavailable, match="not available"):
         calibrate_cpu(str(tmp_path / "absent"), [8])
+    with pytest.raises(CalibrationUnavailable, match="does not run 600 tokens"):  # beyond its positions
+        calibrate_cpu(str(folder), [600], budget_s=0.1)
 
 
 # ---------------------------------------------------------------------- the dry runs

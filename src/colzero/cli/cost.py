@@ -91,30 +91,19 @@ def _rate(value: float | None, unit: str) -> str:
 def projection_table(
     title: str, rows: list[tuple[str, Any]], gpus: int, card_list: list[Card], cpu: Any
 ) -> Table:
-    """One row per (label, PhaseWork); per card GPU-hours and wall hours on ``gpus``; CPU hours;
-    a total row (``≥`` where a phase's sources are partly of unknown size)."""
+    """One row per (label, PhaseWork): steps, examples, per card the rate per GPU, GPU-hours and
+    wall hours on ``gpus`` GPUs, CPU hours here, notes; a total row (``≥`` where a phase's sources
+    are partly of unknown size or a phase is not projected)."""
     from colzero.training.projection import project_gpu, reference_shapes
 
     reference = reference_shapes()
-    table = Table(title=title, title_justify="left")
-    table.add_column("phase")
-    table.add_column("steps", justify="right")
-    table.add_column("examples", justify="right")
-    for card in card_list:
-        table.add_column(f"{card.title}\nrate/GPU", justify="right")
-        table.add_column(f"{card.title}\nGPU-h", justify="right")
-        table.add_column(f"wall h\non {gpus}", justify="right")
-    table.add_column("this CPU\nhours", justify="right")
-    table.add_column("notes")
     totals: dict[str, list[Any]] = {}
+    body: list[list[str]] = []
     for label, work in rows:
-        cells = [
-            label,
-            _hours_int(work.steps, work.lower_bound),
-            (_hours_int(work.examples, work.lower_bound) + f" {work.unit}")
-            if work.examples is not None
-            else "-",
-        ]
+        examples = (
+            "-" if work.examples is None else f"{_hours_int(work.examples, work.lower_bound)} {work.unit}"
+        )
+        cells = [label, _hours_int(work.steps, work.lower_bound), examples]
         notes: list[str] = []
         for i, card in enumerate(card_list):
             proj = project_gpu(work, card.record, gpus, reference)
@@ -131,19 +120,36 @@ def projection_table(
         _add_total(totals, "cpu", c)
         if work.unknown and not any(work.unknown in n for n in notes):
             notes.append(work.unknown)
-        cells.append("; ".join(dict.fromkeys(notes)))
-        table.add_row(*cells)
-    total_cells = ["total", "", ""]
+        body.append([*cells, "; ".join(dict.fromkeys(notes))])
+    total = ["total", "", ""]
     for i, _ in enumerate(card_list):
         hours, lower, missing = totals.get(f"gpu{i}", [None, False, True])
-        total_cells += [
+        total += [
             "",
             _total(hours, lower, missing),
             _total(None if hours is None else hours / gpus, lower, missing),
         ]
     hours, lower, missing = totals.get("cpu", [None, False, True])
-    total_cells += [_total(hours, lower, missing), ""]
-    table.add_row(*total_cells, style="bold")
+    total += [_total(hours, lower, missing), ""]
+    with_notes = any(r[-1] for r in body)
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("phase", no_wrap=True)
+    table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("examples", justify="right", no_wrap=True)
+    for card in card_list:
+        name = card.title.removeprefix("NVIDIA ")
+        table.add_column(f"{name}\nrate/GPU", justify="right", no_wrap=True)
+        table.add_column(f"{name}\nGPU-h", justify="right", no_wrap=True)
+        table.add_column(f"{name} x{gpus}\nwall h", justify="right", no_wrap=True)
+    table.add_column("this CPU\nhours", justify="right")
+    if with_notes:
+        table.add_column("notes")
+    for r in body:
+        table.add_row(*(r if with_notes else r[:-1]))
+    table.add_row(*(total if with_notes else total[:-1]), style="bold")
+    if any(w.lower_bound for _, w in rows):
+        table.caption = "≥: at least; the rows of sources of unknown size (offline, or written by the run) are not counted"
     return table
 
 

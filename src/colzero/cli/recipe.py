@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from rich.table import Table
@@ -62,7 +63,9 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError("--gpus, --gpu-kind, --gpu-records and --no-calibrate go with --dry-run")
     import torch.distributed as dist
 
-    main_rank = not dist.is_initialized() or dist.get_rank() == 0
+    # ranks are known from the launcher's environment before run_recipe sets up the process group
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    main_rank = (dist.get_rank() if dist.is_initialized() else int(rank)) == 0
     with run_view(console, f"colzero train {args.recipe}", enabled=main_rank) as view:
         result = run_recipe(
             args.recipe,
