@@ -8,7 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from colzero.cli.cost import add_projection_arguments
 
@@ -82,6 +84,10 @@ def _run(args: argparse.Namespace) -> int:
     argv = [a for a in sys.argv[1:] if a not in ("--report-only", "--no-progress")]
     command = "colzero " + " ".join(shlex.quote(a) for a in argv) if argv else None
     live = not (args.dry_run or args.report_only or args.no_progress)
+
+    def echo(line: str) -> None:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
     with run_view(console, f"colzero experiment {args.grid}", enabled=live) as view:
         result = run_experiment(
             args.grid,
@@ -90,8 +96,8 @@ def _run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             report_only=args.report_only,
             evaluate=not args.no_eval,
-            show_progress=not args.no_progress,
-            echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
+            show_progress=False,  # the view (or, with --no-progress, nothing) replaces the bars
+            echo=None if live else echo,  # the view says what runs; its steps are logged (-v)
             command=command,
             progress=view,
         )
@@ -122,22 +128,28 @@ def _interval(entry: dict | None) -> str:
     return f"{entry['estimate']:.2f} [{entry['low']:.2f}, {entry['high']:.2f}]"
 
 
+def _cells(*values: str) -> list[Text]:
+    return [Text(v) for v in values]
+
+
 def routes_table(results: dict) -> Table:
     """Mean nDCG@10 (x100, with its interval) per route beside the paper's number and cost."""
     conf = round(100 * results["statistics"]["confidence"])
     table = Table(title=f"{results['grid']}: mean nDCG@10 over {len(results['datasets'])} dataset(s)")
     table.add_column("route")
-    table.add_column(f"ours [{conf}% interval]", justify="right")
+    table.add_column(escape(f"ours [{conf}% interval]"), justify="right")
     table.add_column("paper", justify="right")
     table.add_column("paper cost")
     for entry in results["routes"].values():
         paper = entry.get("paper") or {}
         ndcg = paper.get("ndcg10")
         table.add_row(
-            entry["label"],
-            _interval(entry.get("mean")),
-            "-" if ndcg is None else f"{ndcg:.2f}",
-            paper.get("cost") or "",
+            *_cells(
+                entry["label"],
+                _interval(entry.get("mean")),
+                "-" if ndcg is None else f"{ndcg:.2f}",
+                paper.get("cost") or "",
+            )
         )
     return table
 
@@ -146,14 +158,14 @@ def verdict_table(results: dict) -> Table:
     """The verdict on each of the paper's findings (as in the report)."""
     table = Table(title="verdicts on the paper's findings")
     for col in ("finding", "paper", "ours: A - B [interval]", "p", "verdict"):
-        table.add_column(col, justify="right" if col in ("ours: A - B [interval]", "p") else "left")
+        table.add_column(escape(col), justify="right" if col in ("ours: A - B [interval]", "p") else "left")
     for f in results["findings"]:
         if f["verdict"] == "not run":
-            table.add_row(f["claim"], str(f["paper"]), "-", "-", "not run")
+            table.add_row(*_cells(f["claim"], str(f["paper"]), "-", "-", "not run"))
             continue
         diff = f"{f['difference_estimate']:+.2f} [{f['difference_low']:+.2f}, {f['difference_high']:+.2f}]"
         p = f.get("p_value")
         p_text = "-" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
         style = {"reproduced": "green", "not reproduced": "red"}.get(f["verdict"], "yellow")
-        table.add_row(f["claim"], str(f["paper"]), diff, p_text, f"[{style}]{f['verdict']}[/{style}]")
+        table.add_row(*_cells(f["claim"], str(f["paper"]), diff, p_text), Text(f["verdict"], style=style))
     return table
