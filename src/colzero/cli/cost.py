@@ -60,7 +60,7 @@ def cards(args: argparse.Namespace) -> tuple[list[Card], str]:
     folder = records_folder(args.gpu_records)
     records = load_records(folder)
     where = (
-        str(folder)
+        _shown(folder)
         if folder is not None
         else f"no records folder (set {RECORDS_ENV} or --gpu-records to a folder of gpu_check.py records)"
     )
@@ -73,6 +73,16 @@ def cards(args: argparse.Namespace) -> tuple[list[Card], str]:
     if not records:
         return [Card("GPU", None, "no measurement recorded")], where
     return [Card(r.device, r) for r in newest_per_card(records)], where
+
+
+def _shown(path: Any) -> str:
+    """``path`` relative to the working folder when it lies below it."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _hours(value: float | None, lower: bool) -> str:
