@@ -244,3 +244,19 @@ def test_plain_view_prints_one_line_per_phase_and_evaluation():
         "phase supervised: 4 steps, loss 0.2500, 16.0 examples/s, 8.0 s training",
         "evaluated phase-2-supervised on scifact: nDCG@10 63.76 (1:01)",
     ]
+
+
+def test_live_view_keeps_the_newest_rows_on_screen():
+    from rich.console import Console
+
+    from colzero.cli import live
+
+    view = live.LiveView(Console(file=io.StringIO(), force_terminal=True, width=120), "many")
+    with view:
+        for i in range(live.MAX_ROWS + 5):
+            view.evaluation_started(f"m{i}", "d")
+            view.evaluation_finished(f"m{i}", "d", {"ndcg@10": 0.5}, 1.0)
+        view.evaluation_started("running", "d")
+        shown = [t.description for t in view.progress.tasks if t.visible and t.id != view.header]
+    assert len(shown) == live.MAX_ROWS and shown[-1] == "evaluate running on d"
+    assert shown[0] == f"evaluate m{5 + 1} on d"  # the oldest finished rows went first

@@ -208,17 +208,14 @@ class LiveView(RunProgress):
 
     def _trim(self) -> None:
         """Hide the oldest finished rows while more than ``MAX_ROWS`` are visible."""
-        visible = [t for t, _ in self.rows]
-        excess = len(visible) - MAX_ROWS
+        shown = {t.id for t in self.progress.tasks if t.visible}
+        excess = sum(t in shown for t, _ in self.rows) - MAX_ROWS
         for t, done in self.rows:
             if excess <= 0:
                 break
-            if done and self.progress.tasks[self._index(t)].visible:
+            if done and t in shown:
                 self.progress.update(t, visible=False)
                 excess -= 1
-
-    def _index(self, task: TaskID) -> int:
-        return next(i for i, t in enumerate(self.progress.tasks) if t.id == task)
 
     def _refresh_header(self, description: str | None = None) -> None:
         if self.header is None:
