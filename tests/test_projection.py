@@ -149,7 +149,8 @@ def test_gpu_projection_is_examples_over_the_measured_rate():
 
 
 def test_cpu_projection_formula_per_loss():
-    cal = CpuCalibration("m", 2, fb={8: 1.0, 32: 4.0}, f={8: 0.25, 32: 1.0}, optimizer_s=10.0)
+    fb, f = {(8, 2): 1.0, (32, 4): 4.0}, {(8, 2): 0.25, (32, 4): 1.0}  # (length, sequences per call)
+    cal = CpuCalibration("m", 2, fb=fb, f=f, optimizer_s=10.0)
 
     def work(loss: str, docs: int) -> PhaseWork:
         return PhaseWork(
@@ -162,6 +163,8 @@ def test_cpu_projection_formula_per_loss():
             query_length=8,
             document_length=32,
             documents_per_example=docs,
+            query_batch=2,
+            document_batch=4,
         )
 
     # GradCache embeds every sequence twice: (fb + f)(q) + D (fb + f)(d)
@@ -175,15 +178,15 @@ def test_cpu_projection_formula_per_loss():
 
 def test_cpu_calibration_times_the_architecture(tmp_path):
     folder = make_colbert().save(tmp_path / "m")
-    cal = calibrate_cpu(str(folder), [8, 24], budget_s=0.2)
-    assert set(cal.fb) == set(cal.f) == {8, 24}
+    cal = calibrate_cpu(str(folder), [(8, 4), (24, 16)], budget_s=0.2)
+    assert set(cal.fb) == set(cal.f) == {(8, 4), (24, 16)}
     assert all(v > 0 for v in [*cal.fb.values(), *cal.f.values(), cal.optimizer_s])
     from colzero.training.projection import CalibrationUnavailable
 
     with pytest.raises(CalibrationUnavailable, match="not available"):
-        calibrate_cpu(str(tmp_path / "absent"), [8])
+        calibrate_cpu(str(tmp_path / "absent"), [(8, 1)])
     with pytest.raises(CalibrationUnavailable, match="does not run 600 tokens"):  # beyond its positions
-        calibrate_cpu(str(folder), [600], budget_s=0.1)
+        calibrate_cpu(str(folder), [(600, 1)], budget_s=0.1)
 
 
 # ---------------------------------------------------------------------- the dry runs
@@ -269,3 +272,14 @@ def test_projection_flags_go_with_dry_run_only():
     from colzero.cli.main import main
 
     assert main(["train", "quickstart", "--gpus", "8"]) == 1
+
+
+def test_calibration_runs_at_the_phases_own_batches(tmp_path):
+    """Per-sequence time falls with the sequences per call: each pass is timed at its phase's."""
+    from colzero.training.projection import recipe_work
+
+    recipe = load_recipe("quickstart", run_dir=tmp_path)
+    unsup, sup, kd = recipe_work(recipe, tmp_path)
+    assert unsup.passes() == ((39, 64), (128, 64))  # GradCache chunks of 64 rows per role
+    assert sup.passes() == ((39, 32), (192, 32 * 4))  # 32 queries, each with 1 positive + 3 negatives
+    assert kd.passes() == ((39, 16), (192, 16 * 16))  # 16 queries x 16 candidates per micro-step

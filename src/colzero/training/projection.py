@@ -28,7 +28,9 @@ When several records exist for a card, the newest (``date``, else the file name'
 **CPU.** :func:`calibrate_cpu` builds the phase's architecture from its ``config.json`` (random
 weights, nothing downloaded but the config) and times, on this CPU with torch's threads, a
 training forward + backward and a no-grad forward per sequence at each length the phases use,
-and one AdamW step. A phase then costs, per example (the query and its documents at full length),
+with as many sequences per call as the phase embeds at once (its batch, or its GradCache chunk;
+capped by a FLOP budget per call), since the time per sequence falls as calls grow, and one
+AdamW step. A phase then costs, per example (the query and its documents at full length),
 
     cached_contrastive: fb(Lq) + f(Lq) + D * (fb(Ld) + f(Ld))   (GradCache embeds twice)
     contrastive:        fb(Lq) + D * fb(Ld)
@@ -204,6 +206,9 @@ class PhaseWork:
     document_length: int | None = None
     max_length: int | None = None
     documents_per_example: int = 1
+    #: sequences per forward call on one process: queries, documents (GradCache: its chunk)
+    query_batch: int = 1
+    document_batch: int = 1
 
     @property
     def examples(self) -> int | None:
@@ -221,6 +226,11 @@ class PhaseWork:
             return self.query_length, self.document_length
         n = self.max_length or self.document_length or self.query_length or 512
         return self.query_length or n, self.document_length or n
+
+    def passes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((query length, queries per call), (document length, documents per call))."""
+        q, d = self.lengths()
+        return (q, self.query_batch), (d, self.document_batch)
 
 
 def _documents_per_example(loss: Any) -> int:
@@ -264,6 +274,12 @@ def phase_work(
             (q.model for q in reversed(recipe.phases[: index + 1]) if q.model), recipe.model.base
         )
     steps, lower, unknown = phase_steps(recipe, index, Path(run_dir))
+    docs = _documents_per_example(p.loss)
+    if p.loss.kind == "cached_contrastive":  # GradCache embeds each role in chunks of mini_batch_size rows
+        chunk = p.loss.mini_batch_size or p.batch_size
+        query_batch, document_batch = min(chunk, p.batch_size), min(chunk, p.batch_size * docs)
+    else:
+        query_batch, document_batch = p.batch_size, p.batch_size * docs
     return PhaseWork(
         name=recipe.phase_dir_name(index),
         loss=p.loss.kind,
@@ -276,7 +292,9 @@ def phase_work(
         query_length=settings.get("query_length"),
         document_length=settings.get("document_length"),
         max_length=settings.get("max_length"),
-        documents_per_example=_documents_per_example(p.loss),
+        documents_per_example=docs,
+        query_batch=query_batch,
+        document_batch=document_batch,
     )
 
 
@@ -368,18 +386,18 @@ class CalibrationUnavailable(RuntimeError):
 @dataclass
 class CpuCalibration:
     """Seconds on this CPU: per sequence, training forward + backward (``fb``) and no-grad
-    forward (``f``) by length; one AdamW step (``optimizer_s``)."""
+    forward (``f``) by (length, sequences per call); one AdamW step (``optimizer_s``)."""
 
     architecture: str
     threads: int
-    fb: dict[int, float] = field(default_factory=dict)
-    f: dict[int, float] = field(default_factory=dict)
+    fb: dict[tuple[int, int], float] = field(default_factory=dict)
+    f: dict[tuple[int, int], float] = field(default_factory=dict)
     optimizer_s: float = 0.0
     seconds: float = 0.0
 
     def per_example(self, work: PhaseWork) -> float:
         """Seconds per example of ``work`` (module docstring)."""
-        q, d = work.lengths()
+        q, d = work.passes()
         n = work.documents_per_example
         if work.loss == "cached_contrastive":
             return self.fb[q] + self.f[q] + n * (self.fb[d] + self.f[d])
@@ -411,10 +429,19 @@ def _time(fn: Any, budget_s: float, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def calibrate_cpu(architecture: str, lengths: Iterable[int], *, budget_s: float = 1.0) -> CpuCalibration:
-    """Time ``architecture`` (random weights from its config) on this CPU at ``lengths``
-    (fp32, torch's thread count); :class:`CalibrationUnavailable` when its config is unreachable.
-    Each length runs a few sequences (~256 tokens a call), one warm-up and up to three timed calls."""
+#: FLOPs of one timed training call (forward + backward ~ 6 x parameters x tokens): the sequences
+#: per call are the phase's own, capped so that a call stays near a second on a small CPU
+CALL_FLOPS = 2e11
+
+
+def calibrate_cpu(
+    architecture: str, passes: Iterable[tuple[int, int]], *, budget_s: float = 1.0
+) -> CpuCalibration:
+    """Time ``architecture`` (random weights from its config) on this CPU for each (length,
+    sequences per call) of ``passes`` (fp32, torch's thread count); per-sequence time falls with
+    the sequences per call, so a pass runs at its own batch, capped at :data:`CALL_FLOPS`
+    (and at least 256 tokens); one warm-up and up to three timed calls within ``budget_s``.
+    :class:`CalibrationUnavailable` when the config is unreachable or a length does not run."""
     import torch
     from transformers import AutoModel
 
@@ -430,8 +457,10 @@ def calibrate_cpu(architecture: str, lengths: Iterable[int], *, budget_s: float 
     vocab = int(getattr(config, "vocab_size", 1000) or 1000)
     cal = CpuCalibration(architecture, torch.get_num_threads())
     generator = torch.Generator().manual_seed(0)
-    for length in sorted(set(lengths)):
-        batch = max(1, 256 // length)
+    n_params = sum(p.numel() for p in model.parameters())
+    max_tokens = max(256, int(CALL_FLOPS / (6 * n_params)))
+    for length, wanted in sorted(set(passes)):
+        batch = max(1, min(wanted, max_tokens // length))
         ids = torch.randint(5, max(6, vocab - 1), (batch, length), generator=generator)
         mask = torch.ones_like(ids)
 
@@ -444,8 +473,8 @@ def calibrate_cpu(architecture: str, lengths: Iterable[int], *, budget_s: float 
                 model(input_ids=ids, attention_mask=mask)
 
         try:
-            cal.fb[length] = _time(train_pass, budget_s) / batch
-            cal.f[length] = _time(inference_pass, budget_s) / batch
+            cal.fb[length, wanted] = _time(train_pass, budget_s) / batch
+            cal.f[length, wanted] = _time(inference_pass, budget_s) / batch
         except (RuntimeError, IndexError, ValueError) as exc:  # e.g. longer than its position table
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise CalibrationUnavailable(f"{architecture} does not run {length} tokens: {first}") from None
@@ -462,8 +491,8 @@ def calibrate_cpu(architecture: str, lengths: Iterable[int], *, budget_s: float 
         architecture,
         cal.threads,
         cal.seconds,
-        {k: round(v, 5) for k, v in cal.fb.items()},
-        {k: round(v, 5) for k, v in cal.f.items()},
+        {f"{k[0]}x{k[1]}": round(v, 5) for k, v in cal.fb.items()},
+        {f"{k[0]}x{k[1]}": round(v, 5) for k, v in cal.f.items()},
         cal.optimizer_s,
     )
     return cal
@@ -488,12 +517,12 @@ class CpuCalibrations:
         self.results: dict[str, CpuCalibration] = {}
         self.failures: dict[str, str] = {}
         self.enabled = enabled
-        lengths: dict[str, set[int]] = {}
+        needs: dict[str, set[tuple[int, int]]] = {}
         for w in works:
-            lengths.setdefault(w.architecture, set()).update(w.lengths())
+            needs.setdefault(w.architecture, set()).update(w.passes())
         if not enabled:
             return
-        for arch, needed in lengths.items():
+        for arch, needed in needs.items():
             try:
                 self.results[arch] = calibrate_cpu(arch, needed)
             except CalibrationUnavailable as exc:
