@@ -105,7 +105,6 @@ def evaluate_model(
     if device is not None:
         model.to(device)  # rank 0 evaluates on its GPU when it has one
     label = label or str(model_path)
-    logger.info("evaluating %s (%s)", label, model_path)
     results = evaluate(
         model,
         datasets,
@@ -116,7 +115,10 @@ def evaluate_model(
         use_cache=False,
         progress=progress,
     )
-    return results.scores[label]
+    scores = results.scores[label]
+    for name, metrics in scores.items():
+        logger.info("%s on %s: %s", model_path, name, metrics)
+    return scores
 
 
 def _loadable(model_path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
