@@ -17,6 +17,7 @@ from colzero.evaluation.metrics import DEFAULT_METRICS, MAIN_METRIC, compute_met
 from colzero.evaluation.report import bar_charts, markdown, text_table
 from colzero.evaluation.retrieval import RetrievalSettings, preset_settings, retrieve
 from colzero.model.encoder import Encoder
+from colzero.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def evaluate(
     output_dir: str | os.PathLike[str] | None = None,
     plots: bool = True,
     device: str | None = None,
+    progress: Progress = SILENT,
     **setting_overrides: Any,
 ) -> EvaluationResults:
     """Evaluate each model on each dataset with exact search.
@@ -109,6 +111,7 @@ def evaluate(
     to all datasets; ``per_dataset[name]`` overrides per dataset (e.g. ``{"arguana":
     {"query_length": 64}}``); ``preset="colbert-zero"`` fills SPEC section 4 query lengths where
     nothing else set one. Models may be objects or paths (loaded with :func:`colzero.load_model`).
+    ``progress`` (:class:`colzero.progress.Progress`) hears each (model, dataset) start and result.
 
     Example (``model`` is any ColBERT or DenseModel; datasets may be BEIR folders or names):
 
@@ -149,6 +152,7 @@ def evaluate(
             if per_dataset and ds.name in per_dataset:
                 s = dataclasses.replace(s, **per_dataset[ds.name])
             s = preset_settings(s, ds.name, preset)
+            progress.evaluation_started(label, ds.name)
             t0 = time.perf_counter()
             out = retrieve(model, ds, s)
             t1 = time.perf_counter()
@@ -167,6 +171,9 @@ def evaluate(
                 "dropped_qrels": ds.dropped_qrels,
             }
             logger.info("%s on %s: %s", label, ds.name, scores[label][ds.name])
+            progress.evaluation_finished(
+                label, ds.name, scores[label][ds.name], timings[label][ds.name]["total_s"]
+            )
     results = EvaluationResults(scores, list(metrics), timings, used_settings)
     if output_dir is not None:
         results.write(output_dir, plots=plots)
