@@ -271,7 +271,7 @@ def test_cpu_projection_in_a_dry_run(capsys, tmp_path):
 def test_projection_flags_go_with_dry_run_only():
     from colzero.cli.main import main
 
-    assert main(["train", "quickstart", "--gpus", "8"]) == 1
+    assert main(["train", "quickstart", "--gpus", "8"]) == 2  # bad input (cli.errors)
 
 
 def test_calibration_runs_at_the_phases_own_batches(tmp_path):
