@@ -7,7 +7,7 @@ importing the losses themselves does not (a training machine imports them with t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -25,7 +25,12 @@ class LossConfig:
     negatives per query for the contrastive losses (0 = in-batch only; rows with fewer are an error
     before training). ``n_candidates``: candidates per query for distillation (rows with fewer are
     an error; extra ones are cut). ``normalize_scores``: min-max normalise the student's scores per
-    query before the distillation softmax (as PyLate).
+    query before the distillation softmax (as PyLate). ``loss_scale`` (contrastive losses):
+    ``"mean"`` back-propagates the gradient of the global mean over every rank's queries;
+    ``"pylate"`` the released ColBERT-Zero code's gradients at the run's world size W: W x the
+    global mean's for ``contrastive``, the global *sum*'s (global batch x the mean's) for
+    ``cached_contrastive`` (SPEC section 3). The logged loss is the mean in both. It matters
+    through ``max_grad_norm``: AdamW alone is invariant to a constant scale.
     """
 
     kind: LossKind = "contrastive"
@@ -35,6 +40,7 @@ class LossConfig:
     n_negatives: NonNegativeInt = 0
     n_candidates: int = Field(default=32, ge=2, strict=True)
     normalize_scores: bool = True
+    loss_scale: Literal["mean", "pylate"] = "mean"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossConfig:
