@@ -65,8 +65,9 @@ class StartSpec(_Strict):
     def declared(self) -> dict[str, Any]:
         """The explicit settings (prompts, lengths) this entry declares."""
         out: dict[str, Any] = {}
-        if self.prompts is not None:
-            out["prompts"] = {k: v for k, v in sorted(self.prompts.items()) if v}
+        if self.prompts is not None:  # query first, then document, then any other role
+            order = sorted(self.prompts, key=lambda k: ({"query": 0, "document": 1}.get(k, 2), k))
+            out["prompts"] = {k: self.prompts[k] for k in order if self.prompts[k]}
         for key in ("query_length", "document_length"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
