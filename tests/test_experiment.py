@@ -347,7 +347,10 @@ def test_presets_plan_offline(tmp_path, name, unique):
     assert pairs["prompts-help"] == ("colbert-zero", "colbert-zero-noprompts-long")
     assert pairs["extra-length-helps"] == ("colbert-zero-noprompts-long", "colbert-zero-noprompts")
     assert pairs["prompts-must-be-aligned"] == ("colbert-zero", "prompts-misaligned")
-    assert pairs["prompts-must-be-aligned-reverse"] == ("colbert-zero-noprompts", "prompts-misaligned-reverse")
+    assert pairs["prompts-must-be-aligned-reverse"] == (
+        "colbert-zero-noprompts",
+        "prompts-misaligned-reverse",
+    )
     first = grid.seeds[0]
     long, short = plan.run("colbert-zero-noprompts-long", first), plan.run("colbert-zero-noprompts", first)
     for key_long, key_short in zip(long.chain, short.chain, strict=True):
@@ -379,7 +382,9 @@ def test_presets_plan_offline(tmp_path, name, unique):
         # the dense start carries its prompts: declared, shown, applied when evaluated as it is
         assert grid.starts["dense"].prompts == PROMPTS
         assert plan.run("dense", first).eval_settings == {"prompts": PROMPTS}
-        assert "ModernBERT-embed (dense) [prompts query='search_query: ', document='search_document: ']" in text
+        assert (
+            "ModernBERT-embed (dense) [prompts query='search_query: ', document='search_document: ']" in text
+        )
         for route in ("dense-supervised-kd", "dense-kd-only"):  # the guard's truth for their first phase
             assert plan.nodes[plan.run(route, first).chain[0]].data["model"]["base_prompts"] == PROMPTS
 
@@ -396,7 +401,10 @@ def test_cli_dry_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ColBERT-Zero, no prompts, extra length (colbert-zero-noprompts-long)" in out
     assert "prompts misaligned (dropped) (prompts-misaligned-reverse)" in out
-    assert "ModernBERT-embed (dense) [prompts query='search_query: ', document='search_document: '] -> (no training)" in out
+    assert (
+        "ModernBERT-embed (dense) [prompts query='search_query: ', document='search_document: '] -> (no training)"
+        in out
+    )
 
 
 # ---------------------------------------------------------------------- declared start settings
@@ -445,14 +453,18 @@ def test_dense_start_is_evaluated_with_its_declared_prompts(tmp_path):
     grid = write_grid(tmp_path, start_grid(world, start, declared))
     run_experiment(grid, tmp_path / "exp", show_progress=False)
     plan = build_plan(load_grid(grid), tmp_path / "exp")
-    assert "[prompts query='search_query: ', document='search_document: '; query_length 12]" in describe_plan(plan)
+    assert "[prompts query='search_query: ', document='search_document: '; query_length 12]" in describe_plan(
+        plan
+    )
     (task,) = plan.evals_of(plan.run("dense", 1))
     record = json.loads(task.file.read_text())
     used = record["settings"]
     assert used["query_prompt"] == "search_query: " and used["document_prompt"] == "search_document: "
     assert used["query_tokens"] == 12 and used["query_prompt_used"] == "search_query: "
     model, ds = load_model(start), load_dataset(world["beir"])
-    direct = RetrievalSettings(query_prompt="search_query: ", document_prompt="search_document: ", query_length=12)
+    direct = RetrievalSettings(
+        query_prompt="search_query: ", document_prompt="search_document: ", query_length=12
+    )
     want = compute_metrics(ds.qrels, retrieve(model, ds, direct).run, ["ndcg@10"], per_query=True)["ndcg@10"]
     assert record["per_query"]["ndcg@10"] == pytest.approx(want)
     # the declaration is part of the start's key: the same folder without it is another model

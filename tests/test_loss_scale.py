@@ -162,7 +162,10 @@ def test_scales_differ_by_the_documented_factor():
 
 def test_logged_value_is_the_mean():
     model = _model()
-    values = {s: float(_loss("cached", model, s)(_batch(model, list(range(B)))).detach()) for s in ("mean", "pylate")}
+    values = {
+        s: float(_loss("cached", model, s)(_batch(model, list(range(B)))).detach())
+        for s in ("mean", "pylate")
+    }
     assert values["mean"] == pytest.approx(values["pylate"], rel=1e-6)
 
 

@@ -112,7 +112,11 @@ def _free_port() -> int:
 def ours(arrays, world: int, tmp: Path) -> dict[str, dict[str, np.ndarray]]:
     if world == 1:
         return {
-            scale: {k: v for name in ("contrastive", "cached") for k, v in colzero_grads(arrays, name, scale, 0, 1).items()}
+            scale: {
+                k: v
+                for name in ("contrastive", "cached")
+                for k, v in colzero_grads(arrays, name, scale, 0, 1).items()
+            }
             for scale in ("mean", "pylate")
         }
     out = str(tmp / "colzero.pt")

@@ -95,7 +95,9 @@ def test_preset_matches_spec(name):
             used = re.search(r"train with ([0-9]+)", rows["data"][col])
             assert used, rows["data"][col]
             n = int(used.group(1))
-            assert n == 11 and phase.loss.n_negatives == n and all(s.max_negatives == n for s in phase.sources)
+            assert (
+                n == 11 and phase.loss.n_negatives == n and all(s.max_negatives == n for s in phase.sources)
+            )
             assert sum(len(s.splits) for s in phase.sources) == 10  # one source per split
         if phase.stage == "unsupervised":
             assert phase.sources[0].path == "nomic-ai/nomic-embed-unsupervised-data"

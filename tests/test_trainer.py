@@ -146,5 +146,9 @@ def test_cost_records_pre_clip_norm_and_clipped_steps(setup, max_norm):
     assert cost["clipped_steps"] == sum(n > max_norm for n in norms) == (3 if max_norm < 1 else 0)
     assert cost["clipped_fraction"] == cost["clipped_steps"] / 3 and cost["max_grad_norm"] == max_norm
     assert cost["grad_norm_mean"] == pytest.approx(sum(norms) / 3)
-    assert cost["grad_norm_first"] == pytest.approx(norms[0]) and cost["grad_norm_last"] == pytest.approx(norms[-1])
-    assert cost["grad_norm_min"] == pytest.approx(min(norms)) and cost["grad_norm_max"] == pytest.approx(max(norms))
+    assert cost["grad_norm_first"] == pytest.approx(norms[0]) and cost["grad_norm_last"] == pytest.approx(
+        norms[-1]
+    )
+    assert cost["grad_norm_min"] == pytest.approx(min(norms)) and cost["grad_norm_max"] == pytest.approx(
+        max(norms)
+    )

@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exact search, or search through a PLAID index built per model and dataset (ColBERT "
         "models; dense models stay exact). The authors' published numbers use PLAID",
     )
-    p.add_argument("--nprobe", type=int, default=None, help="--search index: centroids probed per query token")
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="--search index: centroids probed per query token"
+    )
     p.add_argument("--ncandidates", type=int, default=None, help="--search index: candidates scored exactly")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
@@ -100,7 +102,11 @@ def run(args: argparse.Namespace) -> int:
         retriever=retriever,
     )
     lengths = (
-        "--query-length" if args.query_length else f"{args.preset} preset" if args.preset else "the model's own"
+        "--query-length"
+        if args.query_length
+        else f"{args.preset} preset"
+        if args.preset
+        else "the model's own"
     )
     for name, used in results.settings.items():
         print(

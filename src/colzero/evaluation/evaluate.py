@@ -177,7 +177,7 @@ def evaluate(
                 k: v for k, v in dataclasses.asdict(s).items() if k not in ("cache_dir", "show_progress")
             } | {
                 "search": getattr(retriever, "name", "custom") if retriever is not None else "exact",
-                **({"search_options": retriever.options} if hasattr(retriever, "options") else {}),
+                **({"search_options": getattr(retriever, "options", None)} if retriever is not None else {}),
                 "query_tokens": effective_length(model, "query", s),
                 "document_tokens": effective_length(model, "document", s),
                 "queries": len(ds.query_ids),

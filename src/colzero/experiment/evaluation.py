@@ -152,7 +152,9 @@ def evaluate_model(
                 "max_queries": spec.max_queries,
                 "query_sample_seed": spec.query_sample_seed,
                 "max_documents": spec.max_documents,
-                "search": ev.search if not out.timings.get("exact_search_fallback") else "exact (dense model)",
+                "search": ev.search
+                if not out.timings.get("exact_search_fallback")
+                else "exact (dense model)",
                 "query_lengths": ev.query_lengths,
                 "query_tokens": effective_length(model, "query", settings),
                 "document_tokens": effective_length(model, "document", settings),

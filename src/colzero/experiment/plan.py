@@ -399,7 +399,9 @@ def build_plan(grid: Grid, exp_dir: str | Path) -> Plan:
             chain: list[str] = []
             model_path, model_key = start, key_of_start
             for j, ref in enumerate(route.phases):
-                from_start = None if route.start.startswith("route:") or j else grid.starts[route.start].prompts
+                from_start = (
+                    None if route.start.startswith("route:") or j else grid.starts[route.start].prompts
+                )
                 node = _node(
                     grid, bases[ref.recipe], ref, seed, model_path, model_key, parent, exp, norm, from_start
                 )

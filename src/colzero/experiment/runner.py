@@ -113,7 +113,9 @@ def describe_plan(plan: Plan) -> str:
     cached = sum(t.file.is_file() for t in plan.evals.values())
     models = len({t.model_key for t in plan.evals.values()})
     ev = g.evaluation
-    lengths = f"{ev.query_lengths} query-length preset" if ev.query_lengths else "the models' own query lengths"
+    lengths = (
+        f"{ev.query_lengths} query-length preset" if ev.query_lengths else "the models' own query lengths"
+    )
     lines += [
         "",
         f"evaluations: {models} models x {len(g.evaluation.datasets)} datasets = {len(plan.evals)} "
@@ -367,7 +369,9 @@ def _clipping_row(plan: Plan, node: PhaseNode) -> dict[str, Any] | None:
     if node.parent is not None:
         start = plan.nodes[node.parent].label
     else:
-        start = next((s.label or sid for sid, s in plan.grid.starts.items() if s.path == node.start), node.start)
+        start = next(
+            (s.label or sid for sid, s in plan.grid.starts.items() if s.path == node.start), node.start
+        )
     return {
         "phase": node.label,
         "from": start,

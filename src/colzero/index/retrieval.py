@@ -129,7 +129,9 @@ class IndexRetriever:
         self.index_options = options or IndexEvaluation()
         self.options = self.index_options.as_dict()
 
-    def __call__(self, model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings) -> RetrievalOutput:
+    def __call__(
+        self, model: Encoder, dataset: RetrievalDataset, settings: RetrievalSettings
+    ) -> RetrievalOutput:
         if not isinstance(model, ColBERT):
             from colzero.evaluation.retrieval import retrieve
 
