@@ -524,6 +524,19 @@ def test_each_phase_trains_once_and_rerun_does_nothing(tmp_path):
     assert results["findings"][0]["verdict"] in {"reproduced", "not reproduced", "inconclusive at this scale"}
     assert (tmp_path / "exp" / "report" / "quality_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "exp" / ".lock").exists()
+    # one clipping row per (phase, start): every step's pre-clip norm counted, the clip at 1.0
+    clipping = {(r["phase"], r["from"]): r for r in results["clipping"]}
+    assert len(clipping) == 6 and all(
+        r["steps"] == 2 and r["max_grad_norm"] == 1.0 for r in clipping.values()
+    )
+    assert clipping[("cb:supervised", "cb-np:unsupervised")]["loss"] == "contrastive"
+    assert clipping[("cb:unsupervised", world["mlm"].name)]["loss_scale"] == "mean"
+    for r in clipping.values():
+        assert 0 <= r["clipped_steps"] <= 2 and r["clipped_fraction"] == r["clipped_steps"] / 2
+        assert r["grad_norm_mean"] > 0
+    assert (
+        "## Gradient norm and clipping per phase" in (tmp_path / "exp" / "report" / "report.md").read_text()
+    )
     stamps = {p: p.stat().st_mtime_ns for p in evals}
     calls.clear()
     again = run_experiment(grid, tmp_path / "exp", phase_runner=counting_runner(calls), show_progress=False)
