@@ -66,7 +66,9 @@ def test_evaluate_records_the_search_and_the_lengths(tmp_path):
         per_dataset={"toy": {"query_length": 12}},
     )
     used = res.settings["toy"]
-    assert used["search"] == "index" and used["query_tokens"] == 12 and used["search_options"]["codec"] == "pq"
+    assert (
+        used["search"] == "index" and used["query_tokens"] == 12 and used["search_options"]["codec"] == "pq"
+    )
     assert 0.0 <= res.scores["m"]["toy"]["ndcg@10"] <= 1.0
     exact = evaluate(model, ds, model_names=["m"], plots=False, use_cache=False, preset="colbert-zero")
     assert exact.settings["toy"]["search"] == "exact"

@@ -17,18 +17,11 @@ colzero runs as one process (W = 1) and as two gloo processes with DistributedDa
 from __future__ import annotations
 
 import copy
-import os
-import socket
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
 B, N_NEG, TAU = 6, 1, 0.05
 CASES = [(loss, scale) for loss in ("contrastive", "cached") for scale in ("mean", "pylate")]
 
@@ -38,12 +31,6 @@ def _one_thread():
     from test_losses_helpers import one_thread
 
     yield from one_thread()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model():
@@ -174,25 +161,16 @@ def test_unknown_scale_is_refused():
         _loss("contrastive", None, "sum")
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    sys.path.insert(0, str(HERE))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        rows = list(range(rank * B // 2, (rank + 1) * B // 2))
-        results = {f"{n}/{s}": colzero_grads(n, s, rows, 2) for n, s in CASES}
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+def _two_rank_job(rank: int, world: int) -> dict:
+    rows = list(range(rank * B // world, (rank + 1) * B // world))
+    return {f"{n}/{s}": colzero_grads(n, s, rows, world) for n, s in CASES}
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("scale") / "rank0.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-    return torch.load(out)
+    from test_losses_helpers import on_gloo_ranks
+
+    return on_gloo_ranks(_two_rank_job, 2, tmp_path_factory.mktemp("scale"))
 
 
 @pytest.mark.parametrize(("name", "scale"), CASES)

@@ -12,7 +12,6 @@ Run with ``PYLATE_PYTHON=/path/to/pylate-venv/bin/python pytest -m pylate tests/
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -88,40 +86,24 @@ def colzero_grads(arrays, name: str, scale: str, rank: int, world: int) -> dict[
     return out
 
 
-def _worker(rank: int, port: int, arrays, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        result = {}
-        for name in ("contrastive", "cached"):
-            for scale in ("mean", "pylate"):
-                result[scale] = {**result.get(scale, {}), **colzero_grads(arrays, name, scale, rank, 2)}
-        if rank == 0:
-            torch.save(result, out)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _two_rank_job(rank: int, world: int) -> dict:
+    arrays = embeddings()
+    return {
+        scale: {
+            k: v
+            for name in ("contrastive", "cached")
+            for k, v in colzero_grads(arrays, name, scale, rank, world).items()
+        }
+        for scale in ("mean", "pylate")
+    }
 
 
 def ours(arrays, world: int, tmp: Path) -> dict[str, dict[str, np.ndarray]]:
+    from tests.test_losses_helpers import on_gloo_ranks
+
     if world == 1:
-        return {
-            scale: {
-                k: v
-                for name in ("contrastive", "cached")
-                for k, v in colzero_grads(arrays, name, scale, 0, 1).items()
-            }
-            for scale in ("mean", "pylate")
-        }
-    out = str(tmp / "colzero.pt")
-    mp.spawn(_worker, args=(_free_port(), arrays, out), nprocs=2, join=True)
-    return torch.load(out, weights_only=False)
+        return _two_rank_job(0, 1)
+    return on_gloo_ranks(_two_rank_job, world, tmp)
 
 
 def theirs(arrays, world: int, tmp: Path) -> dict[str, np.ndarray]:
