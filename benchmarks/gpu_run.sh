@@ -8,6 +8,13 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+# wheels carried from benchmarks/gpu_wheels.sh (the machine has no network): the peers' kernels, ...
+if [ -d benchmarks/.wheels ]; then
+    for pkg in flash-maxsim late-interaction-kernels pydantic datasets; do
+        python3 -m pip install -q --no-index --find-links benchmarks/.wheels "$pkg" 2>&1 | tail -2 \
+            || echo "could not install $pkg from benchmarks/.wheels"
+    done
+fi
 status=0
 python3 benchmarks/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log" || status=1
 python3 benchmarks/gpu_trainer_check.py --out "$out" 2>&1 | grep -v "it/s\]" | tee "$out/gpu_trainer_check.log" || status=1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -13,6 +14,14 @@ from test_losses_helpers import contrastive_batch, contrastive_texts, distillati
 from colzero.losses import Contrastive, Distillation, kl_distillation, score_all_pairs, score_nway
 
 _threads = pytest.fixture(autouse=True)(one_thread)
+
+#: both MaxSim backends (the fused one runs under Triton's interpreter without a GPU)
+BACKENDS = [
+    "chunked",
+    pytest.param(
+        "fused", marks=pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+    ),
+]
 
 
 def _maxsim64(q, qm, d, dm) -> float:
@@ -32,14 +41,17 @@ def _vectors(n, length, dim, gen):
     return v, mask
 
 
-def test_contrastive_matches_float64_reference_colbert():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contrastive_matches_float64_reference_colbert(backend):
     gen = torch.Generator().manual_seed(0)
     b, n_neg, tau = 3, 2, 0.07
     q, _ = _vectors(b, 4, 8, gen)
     qm = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
     pos, pm = _vectors(b, 5, 8, gen)
     neg, nm = _vectors(b * n_neg, 6, 8, gen)
-    loss = Contrastive(torch.nn.Identity(), temperature=tau).loss_from_embeddings(q, qm, pos, pm, neg, nm)
+    loss = Contrastive(torch.nn.Identity(), temperature=tau, maxsim_backend=backend).loss_from_embeddings(
+        q, qm, pos, pm, neg, nm
+    )
     cands = [(pos[j], pm[j]) for j in range(b)] + [(neg[j], nm[j]) for j in range(b * n_neg)]
     ref = 0.0
     for i in range(b):
@@ -86,14 +98,20 @@ def test_kl_distillation_matches_float64_reference(normalize, ts, tt):
     assert got.item() == pytest.approx(_kl64(student, teacher, normalize, ts, tt), rel=1e-5, abs=1e-7)
 
 
-@pytest.mark.parametrize("kind", ["colbert", "dense"])
-def test_distillation_on_model_matches_reference(kind):
+_NEEDS_TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend"),
+    [("colbert", "chunked"), ("dense", "chunked"), pytest.param("colbert", "fused", marks=_NEEDS_TRITON)],
+)
+def test_distillation_on_model_matches_reference(kind, backend):
     model = make_colbert("bert") if kind == "colbert" else make_dense("bert")
     b, k = 3, 4
     queries, docs = texts(b, 10, 2, 6), texts(b * k, 11, 3, 20)
     teacher = torch.randn(b, k, generator=torch.Generator().manual_seed(3)) * 5
     batch = distillation_batch(model, queries, docs, teacher)
-    loss = Distillation(model)(batch)
+    loss = Distillation(model, maxsim_backend=backend)(batch)
     with torch.no_grad():
         qv, qm = model.embed(batch.queries, "query")
         dv, dm = model.embed(batch.documents, "document")
@@ -110,11 +128,12 @@ def test_distillation_on_model_matches_reference(kind):
     assert model.projection.weight.grad.abs().sum() > 0 if kind == "colbert" else True
 
 
-def test_contrastive_model_path_and_learnable_temperature():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contrastive_model_path_and_learnable_temperature(backend):
     model = make_colbert("modernbert")
     q, p, n = contrastive_texts(4, 1)
     batch = contrastive_batch(model, q, p, n, 1)
-    fn = Contrastive(model, temperature=0.1, learnable_temperature=True)
+    fn = Contrastive(model, temperature=0.1, learnable_temperature=True, maxsim_backend=backend)
     assert [name for name, _ in fn.named_parameters()] == ["log_temperature"]
     assert fn.temperature.item() == pytest.approx(0.1)
     loss = fn(batch)
@@ -141,3 +160,32 @@ def test_score_nway_dense_and_colbert_agree_with_all_pairs():
     )
     with pytest.raises(ValueError, match="multi-vector"):
         score_all_pairs(q, qm, dd, None)
+
+
+@pytest.mark.parametrize("loss_kind", ["contrastive", "distillation"])
+def test_fused_equals_chunked_on_a_compat_model(loss_kind):
+    """Under flash_attention_compat the query expansion positions are zero vectors, which the fused
+    backend skips: the loss and every parameter gradient stay those of the chunked backend."""
+    pytest.importorskip("triton")
+    from test_losses_helpers import assert_grads_close, grads
+
+    model = make_colbert("bert", flash_attention_compat=True, attend_to_expansion_tokens=False)
+    if loss_kind == "contrastive":
+        q, p, n = contrastive_texts(4, 1)
+        batch = contrastive_batch(model, q, p, n, 1)
+        with torch.no_grad():
+            qv, _ = model.embed(batch.queries, "query")
+        assert (qv.abs().sum(-1) == 0).any()  # expansion positions are zero vectors
+        make = lambda backend: Contrastive(model, temperature=0.05, maxsim_backend=backend)  # noqa: E731
+    else:
+        teacher = torch.randn(3, 4, generator=torch.Generator().manual_seed(5))
+        batch = distillation_batch(model, texts(3, 10, 2, 6), texts(12, 11, 3, 20), teacher)
+        make = lambda backend: Distillation(model, maxsim_backend=backend)  # noqa: E731
+    results = {}
+    for backend in ("chunked", "fused"):
+        model.zero_grad(set_to_none=True)
+        loss = make(backend)(batch)
+        loss.backward()
+        results[backend] = (loss.item(), grads(model))
+    assert results["fused"][0] == pytest.approx(results["chunked"][0], rel=1e-6, abs=1e-6)
+    assert assert_grads_close(results["fused"][1], results["chunked"][1]) > 5

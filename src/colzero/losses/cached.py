@@ -48,7 +48,7 @@ from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
 from colzero.model.base import TokenizedBatch
 from colzero.model.config import Role
-from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
 
 if TYPE_CHECKING:
     from colzero.losses.config import LossConfig
@@ -104,10 +104,19 @@ class CachedContrastive(Contrastive):
         learnable_temperature: bool = False,
         gather_across_devices: bool = True,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        maxsim_backend: Backend = "auto",
+        score_precision: MaxSimPrecision = "fp32",
         loss_scale: LossScale = "mean",
     ) -> None:
         super().__init__(
-            model, temperature, learnable_temperature, gather_across_devices, budget_bytes, loss_scale
+            model,
+            temperature,
+            learnable_temperature,
+            gather_across_devices,
+            budget_bytes,
+            maxsim_backend,
+            score_precision,
+            loss_scale,
         )
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
@@ -115,12 +124,15 @@ class CachedContrastive(Contrastive):
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
-        """``mini_batch_size``, ``temperature``, ``learnable_temperature`` and ``loss_scale`` of ``config``."""
+        """``mini_batch_size``, ``temperature``, ``learnable_temperature``, ``maxsim_backend``,
+        ``score_precision`` and ``loss_scale`` of ``config``."""
         return cls(
             model,
             config.mini_batch_size,
             config.temperature,
             config.learnable_temperature,
+            maxsim_backend=config.maxsim_backend,
+            score_precision=config.score_precision,
             loss_scale=config.loss_scale,
         )
 

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from colzero.losses.base import LossKind
 from colzero.schema import NonNegativeInt, PositiveInt, from_dict, settings, to_dict
+from colzero.scoring.maxsim import Backend, MaxSimPrecision
 
 
 @settings
@@ -25,7 +26,11 @@ class LossConfig:
     negatives per query for the contrastive losses (0 = in-batch only; rows with fewer are an error
     before training). ``n_candidates``: candidates per query for distillation (rows with fewer are
     an error; extra ones are cut). ``normalize_scores``: min-max normalise the student's scores per
-    query before the distillation softmax (as PyLate). ``loss_scale`` (contrastive losses):
+    query before the distillation softmax (as PyLate). ``maxsim_backend``: ``"auto"`` (fused Triton
+    kernels on CUDA, chunked torch operations elsewhere), ``"fused"`` or ``"chunked"``.
+    ``score_precision``: ``"fp32"`` (scores, InfoNCE and KL in float32 on the autocast forward's
+    vectors, as ColBERT-Zero's authors trained) or ``"autocast"`` (similarities in bf16 under bf16
+    autocast: cheaper on the chunked backend, noisier). ``loss_scale`` (contrastive losses):
     ``"mean"`` back-propagates the gradient of the global mean over every rank's queries;
     ``"pylate"`` the released ColBERT-Zero code's gradients at the run's world size W: W x the
     global mean's for ``contrastive``, the global *sum*'s (global batch x the mean's) for
@@ -40,6 +45,8 @@ class LossConfig:
     n_negatives: NonNegativeInt = 0
     n_candidates: int = Field(default=32, ge=2, strict=True)
     normalize_scores: bool = True
+    maxsim_backend: Backend = "auto"
+    score_precision: MaxSimPrecision = "fp32"
     loss_scale: Literal["mean", "pylate"] = "mean"
 
     @classmethod

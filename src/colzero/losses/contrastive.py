@@ -55,8 +55,8 @@ from torch import nn
 from colzero.data.batch import ContrastiveBatch
 from colzero.losses.base import COLBERT_ZERO, Loss
 from colzero.losses.gather import all_reduce_mean_, gather_documents, world
-from colzero.losses.scores import embed, score_all_pairs
-from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+from colzero.losses.scores import embed, loss_precision, score_all_pairs
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
 
 if TYPE_CHECKING:
     from colzero.losses.config import LossConfig
@@ -79,7 +79,12 @@ class Contrastive(Loss):
             by a hook, since DDP does not see it).
         gather_across_devices: all-gather documents across ranks when torch.distributed is
             initialised (no-op otherwise).
-        budget_bytes: memory budget of one MaxSim similarity chunk.
+        budget_bytes: memory budget of one MaxSim similarity chunk (chunked backend).
+        maxsim_backend: ``"auto"`` (fused Triton kernels on CUDA, chunked elsewhere), ``"fused"``
+            or ``"chunked"`` (:mod:`colzero.scoring.maxsim`).
+        score_precision: ``"fp32"`` (default, as the authors trained: scores and InfoNCE in
+            float32 on the vectors of the autocast forward) or ``"autocast"`` (similarities in the
+            autocast dtype; :mod:`colzero.losses.scores`).
         loss_scale: ``"mean"`` or ``"pylate"``: the gradient scale (module docstring); the
             returned value is the mean in both.
     """
@@ -99,6 +104,8 @@ class Contrastive(Loss):
         learnable_temperature: bool = False,
         gather_across_devices: bool = True,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        maxsim_backend: Backend = "auto",
+        score_precision: MaxSimPrecision = "fp32",
         loss_scale: LossScale = "mean",
     ) -> None:
         super().__init__()
@@ -111,6 +118,8 @@ class Contrastive(Loss):
         object.__setattr__(self, "model", model)  # not a submodule (see class docstring)
         self.gather_across_devices = gather_across_devices
         self.budget_bytes = budget_bytes
+        self.maxsim_backend: Backend = maxsim_backend
+        self.score_precision: MaxSimPrecision = score_precision
         self.learnable_temperature = learnable_temperature
         log_t = torch.tensor(math.log(temperature), dtype=torch.float32)
         if learnable_temperature:
@@ -121,8 +130,16 @@ class Contrastive(Loss):
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
-        """``temperature``, ``learnable_temperature`` and ``loss_scale`` of ``config``."""
-        return cls(model, config.temperature, config.learnable_temperature, loss_scale=config.loss_scale)
+        """``temperature``, ``learnable_temperature``, ``maxsim_backend``, ``score_precision`` and
+        ``loss_scale`` of ``config``."""
+        return cls(
+            model,
+            config.temperature,
+            config.learnable_temperature,
+            maxsim_backend=config.maxsim_backend,
+            score_precision=config.score_precision,
+            loss_scale=config.loss_scale,
+        )
 
     def get_config_dict(self) -> dict[str, Any]:
         """The settings that define this loss (the temperature as configured)."""
@@ -130,6 +147,7 @@ class Contrastive(Loss):
             "temperature": self.initial_temperature,
             "learnable_temperature": self.learnable_temperature,
             "gather_across_devices": self.gather_across_devices,
+            "score_precision": self.score_precision,
             "loss_scale": self.loss_scale,
         }
 
@@ -146,6 +164,19 @@ class Contrastive(Loss):
         if batch.negatives is not None and batch.n_negatives > 0:
             n, nm = embed(self.model, batch.negatives, "document")
         return self.loss_from_embeddings(q, qm, p, pm, n, nm)
+
+    def _scores(
+        self, q: torch.Tensor, q_mask: torch.Tensor | None, d: torch.Tensor, d_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return score_all_pairs(
+            q,
+            q_mask,
+            d,
+            d_mask,
+            budget_bytes=self.budget_bytes,
+            backend=self.maxsim_backend,
+            precision=self.score_precision,
+        )
 
     def loss_from_embeddings(
         self,
@@ -164,12 +195,13 @@ class Contrastive(Loss):
             pos, pos_mask, offset = gather_documents(pos, pos_mask)
             if neg is not None:
                 neg, neg_mask, _ = gather_documents(neg, neg_mask)
-        scores = [score_all_pairs(q, q_mask, pos, pos_mask, budget_bytes=self.budget_bytes)]
+        scores = [self._scores(q, q_mask, pos, pos_mask)]
         if neg is not None:
-            scores.append(score_all_pairs(q, q_mask, neg, neg_mask, budget_bytes=self.budget_bytes))
-        logits = torch.cat(scores, dim=1) / self.temperature
-        labels = torch.arange(q.shape[0], device=q.device) + offset
-        loss = F.cross_entropy(logits, labels)
+            scores.append(self._scores(q, q_mask, neg, neg_mask))
+        with loss_precision(q.device.type, self.score_precision):
+            logits = torch.cat(scores, dim=1) / self.temperature
+            labels = torch.arange(q.shape[0], device=q.device) + offset
+            loss = F.cross_entropy(logits, labels)
         factor = self.gradient_factor(q.shape[0])
         return loss if factor == 1 else _ScaleGradient.apply(loss, factor)
 

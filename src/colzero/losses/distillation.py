@@ -30,8 +30,8 @@ from torch import nn
 
 from colzero.data.batch import DistillationBatch
 from colzero.losses.base import COLBERT_ZERO, Loss
-from colzero.losses.scores import embed, score_nway
-from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES
+from colzero.losses.scores import embed, loss_precision, score_nway
+from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
 
 if TYPE_CHECKING:
     from colzero.losses.config import LossConfig
@@ -75,7 +75,11 @@ def kl_distillation(
 
 
 class Distillation(Loss):
-    """KL distillation loss (module docstring). ``model`` is not registered as a submodule."""
+    """KL distillation loss (module docstring). ``model`` is not registered as a submodule.
+
+    ``maxsim_backend`` / ``score_precision``: as :class:`colzero.losses.Contrastive` (the student's
+    scores and the KL in float32 by default, as the authors trained).
+    """
 
     #: an Encoder, or one wrapped in DistributedDataParallel (not a submodule)
     model: nn.Module
@@ -92,6 +96,8 @@ class Distillation(Loss):
         student_temperature: float = 1.0,
         teacher_temperature: float = 1.0,
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        maxsim_backend: Backend = "auto",
+        score_precision: MaxSimPrecision = "fp32",
     ) -> None:
         super().__init__()
         if student_temperature <= 0 or teacher_temperature <= 0:
@@ -101,11 +107,18 @@ class Distillation(Loss):
         self.student_temperature = student_temperature
         self.teacher_temperature = teacher_temperature
         self.budget_bytes = budget_bytes
+        self.maxsim_backend: Backend = maxsim_backend
+        self.score_precision: MaxSimPrecision = score_precision
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
-        """``normalize_scores`` of ``config``."""
-        return cls(model, config.normalize_scores)
+        """``normalize_scores``, ``maxsim_backend`` and ``score_precision`` of ``config``."""
+        return cls(
+            model,
+            config.normalize_scores,
+            maxsim_backend=config.maxsim_backend,
+            score_precision=config.score_precision,
+        )
 
     def get_config_dict(self) -> dict[str, Any]:
         """The settings that define this loss."""
@@ -113,6 +126,7 @@ class Distillation(Loss):
             "normalize_scores": self.normalize_scores,
             "student_temperature": self.student_temperature,
             "teacher_temperature": self.teacher_temperature,
+            "score_precision": self.score_precision,
         }
 
     def student_scores(self, batch: DistillationBatch) -> torch.Tensor:
@@ -125,15 +139,25 @@ class Distillation(Loss):
             )
         q, qm = embed(self.model, batch.queries, "query")
         d, dm = embed(self.model, batch.documents, "document")
-        return score_nway(q, qm, d, dm, k, budget_bytes=self.budget_bytes)
+        return score_nway(
+            q,
+            qm,
+            d,
+            dm,
+            k,
+            budget_bytes=self.budget_bytes,
+            backend=self.maxsim_backend,
+            precision=self.score_precision,
+        )
 
     def forward(self, batch: DistillationBatch) -> torch.Tensor:
         """The loss of one batch; ``loss.backward()`` gives every gradient."""
         scores = self.student_scores(batch)
-        return kl_distillation(
-            scores,
-            batch.teacher_scores.to(scores.device),
-            self.normalize_scores,
-            self.student_temperature,
-            self.teacher_temperature,
-        )
+        with loss_precision(scores.device.type, self.score_precision):
+            return kl_distillation(
+                scores,
+                batch.teacher_scores.to(scores.device),
+                self.normalize_scores,
+                self.student_temperature,
+                self.teacher_temperature,
+            )

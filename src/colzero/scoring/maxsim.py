@@ -36,12 +36,28 @@ are accumulated in float32 for half/bf16 inputs and returned in the input dtype)
 
 No host synchronisation: no ``.item()``, no ``bool(tensor)``, no branch on tensor values, so the
 functions trace under ``torch.compile(fullgraph=True)``.
+
+**Backends** (``backend=``): ``"chunked"`` is the path above, in torch operations on any device; it
+is the CPU path and the reference. ``"fused"`` (:mod:`colzero.scoring.fused`, Triton) computes the
+same scores and gradients without ever materialising a similarity chunk: one pass over the
+documents per tile of query tokens with the running max in registers, one byte per (query
+token, document) kept for the backward, and query positions whose vector is exactly zero
+(expansion positions under ``flash_attention_compat``) skipped. ``"auto"`` takes ``"fused"`` on
+CUDA when Triton is installed and the inputs are float32 / float16 / bfloat16, else ``"chunked"``.
+
+**Precision** (``precision=``): ``"autocast"`` computes the similarity products in the autocast
+dtype under ``torch.autocast`` (bf16 similarities on a GPU), else in the promoted input dtype.
+``"fp32"`` is how ColBERT-Zero's authors trained (accelerate autocasts the model's forward only):
+under autocast the token vectors are rounded to the autocast dtype, as a bf16 forward produces
+them, and products, maxima and sums are computed in float32 from those values. The fused backend
+always accumulates in float32, so for it the two differ only in what autocast does to the operands.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -50,6 +66,16 @@ DEFAULT_BUDGET_BYTES = 2 * 1024**3
 
 #: input dtypes that ``torch.autocast`` lowers for a matrix product
 _AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+#: how MaxSim is computed: ``"fused"`` (Triton kernels), ``"chunked"`` (torch, any device) or
+#: ``"auto"`` (fused on CUDA when available)
+Backend = Literal["auto", "fused", "chunked"]
+BACKENDS: tuple[Backend, ...] = ("auto", "fused", "chunked")
+
+#: ``"autocast"``: similarities in the autocast dtype under autocast; ``"fp32"``: float32 products,
+#: maxima and sums on operands rounded as a bf16 forward would (module docstring)
+MaxSimPrecision = Literal["autocast", "fp32"]
+MAXSIM_PRECISIONS: tuple[MaxSimPrecision, ...] = ("autocast", "fp32")
 
 
 def budget_elements(budget_bytes: int, dtype: torch.dtype) -> int:
@@ -65,6 +91,53 @@ def compute_dtype(queries: torch.Tensor, documents: torch.Tensor) -> torch.dtype
     if promoted in _AUTOCAST_ELIGIBLE and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return promoted
+
+
+def operand_and_compute_dtypes(
+    queries: torch.Tensor, documents: torch.Tensor, precision: MaxSimPrecision = "autocast"
+) -> tuple[torch.dtype, torch.dtype]:
+    """(operand dtype, product dtype) of a MaxSim call (module docstring, *Precision*).
+
+    The operands are the token vectors rounded to the operand dtype; the products are computed in
+    the product dtype: both :func:`compute_dtype` under ``"autocast"``; under ``"fp32"`` the
+    operands are those of ``"autocast"`` and the products float32 (float64 inputs stay float64).
+    """
+    if precision not in MAXSIM_PRECISIONS:
+        raise ValueError(f"precision must be one of {MAXSIM_PRECISIONS}, got {precision!r}")
+    operand = compute_dtype(queries, documents)
+    if precision == "autocast":
+        return operand, operand
+    promoted = torch.promote_types(queries.dtype, documents.dtype)
+    return operand, torch.promote_types(promoted, torch.float32)
+
+
+def fused_unavailable(queries: torch.Tensor, operand: torch.dtype) -> str | None:
+    """Why the fused backend cannot score ``queries`` with ``operand`` here (None: it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if operand not in _AUTOCAST_ELIGIBLE:
+        return f"it takes float32, float16 or bfloat16 operands, not {operand}"
+    if queries.device.type != "cuda":
+        from colzero.scoring.fused import interpreting
+
+        if not interpreting():
+            return f"it runs on CUDA (or on the CPU under TRITON_INTERPRET=1), not on {queries.device.type}"
+    return None
+
+
+def resolve_backend(backend: Backend, queries: torch.Tensor, operand: torch.dtype) -> Backend:
+    """``"fused"`` or ``"chunked"`` for this call: ``"auto"`` is fused on CUDA where it can run;
+    an explicit ``"fused"`` that cannot run is an error naming why."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "chunked":
+        return "chunked"
+    reason = fused_unavailable(queries, operand)
+    if backend == "fused":
+        if reason is not None:
+            raise ValueError(f"the fused MaxSim backend cannot run here: {reason}")
+        return "fused"
+    return "fused" if reason is None and queries.device.type == "cuda" else "chunked"
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -115,7 +188,8 @@ class _Inputs(NamedTuple):
     documents_mask: torch.Tensor
     queries_mask: torch.Tensor | None
     max_elements: int
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the products
+    operand: torch.dtype  # the vectors are rounded to it first
 
 
 def _nway_step(lq: int, k: int, ld: int, max_elements: int) -> int:
@@ -124,14 +198,14 @@ def _nway_step(lq: int, k: int, ld: int, max_elements: int) -> int:
 
 def _nway_forward(inputs: _Inputs) -> torch.Tensor:
     """(B, Lq, D) x (B, K, Ld, D) -> (B, K); chunks over B (module docstring)."""
-    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
+    queries, documents, documents_mask, queries_mask, max_elements, dtype, operand = inputs
     b, lq, dim = queries.shape
     _, k, ld, _ = documents.shape
     step = _nway_step(lq, k, ld, max_elements)
     out = torch.empty((b, k), dtype=torch.float32, device=queries.device)
     for s in range(0, b, step):
-        q = queries[s : s + step].to(dtype)
-        d = documents[s : s + step].to(dtype).reshape(q.shape[0], k * ld, dim)
+        q = queries[s : s + step].to(operand).to(dtype)
+        d = documents[s : s + step].to(operand).to(dtype).reshape(q.shape[0], k * ld, dim)
         sim = torch.bmm(q, d.transpose(1, 2)).view(q.shape[0], lq, k, ld)
         best = _mask_documents_(sim, documents_mask[s : s + step].unsqueeze(1)).amax(dim=-1)
         qm = None if queries_mask is None else queries_mask[s : s + step]
@@ -142,7 +216,7 @@ def _nway_forward(inputs: _Inputs) -> torch.Tensor:
 def _nway_backward(
     grad_out: torch.Tensor, inputs: _Inputs, need_q: bool, need_d: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
+    queries, documents, documents_mask, queries_mask, max_elements, dtype, operand = inputs
     b, lq, dim = queries.shape
     _, k, ld, _ = documents.shape
     step = _nway_step(lq, k, ld, max_elements)
@@ -150,9 +224,9 @@ def _nway_backward(
     grad_d = torch.zeros_like(documents) if need_d else None
     has_token = documents_mask.any(dim=-1)  # (B, K)
     for s in range(0, b, step):
-        q = queries[s : s + step].to(dtype)
+        q = queries[s : s + step].to(operand).to(dtype)
         n = q.shape[0]
-        d = documents[s : s + step].to(dtype).reshape(n, k * ld, dim)
+        d = documents[s : s + step].to(operand).to(dtype).reshape(n, k * ld, dim)
         sim = torch.bmm(q, d.transpose(1, 2)).view(n, lq, k, ld)
         index = _mask_documents_(sim, documents_mask[s : s + step].unsqueeze(1)).argmax(dim=-1, keepdim=True)
         qm = None if queries_mask is None else queries_mask[s : s + step]
@@ -167,17 +241,17 @@ def _nway_backward(
 
 def _all_pairs_forward(inputs: _Inputs) -> torch.Tensor:
     """(Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd); chunks over queries and documents (module docstring)."""
-    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
+    queries, documents, documents_mask, queries_mask, max_elements, dtype, operand = inputs
     nq, lq, dim = queries.shape
     nd, ld, _ = documents.shape
     qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
     out = torch.empty((nq, nd), dtype=torch.float32, device=queries.device)
     for qs in range(0, nq, qc):
-        q = queries[qs : qs + qc].to(dtype)
+        q = queries[qs : qs + qc].to(operand).to(dtype)
         flat_q = q.reshape(-1, dim)
         qm = None if queries_mask is None else queries_mask[qs : qs + qc]
         for ds in range(0, nd, dc):
-            d = documents[ds : ds + dc].to(dtype)
+            d = documents[ds : ds + dc].to(operand).to(dtype)
             sim = (flat_q @ d.reshape(-1, dim).T).view(q.shape[0], lq, d.shape[0], ld)
             best = _mask_documents_(sim, documents_mask[ds : ds + dc].view(1, 1, -1, ld)).amax(dim=-1)
             out[qs : qs + qc, ds : ds + dc] = _sum_positions(best, qm)
@@ -187,7 +261,7 @@ def _all_pairs_forward(inputs: _Inputs) -> torch.Tensor:
 def _all_pairs_backward(
     grad_out: torch.Tensor, inputs: _Inputs, need_q: bool, need_d: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    queries, documents, documents_mask, queries_mask, max_elements, dtype = inputs
+    queries, documents, documents_mask, queries_mask, max_elements, dtype, operand = inputs
     nq, lq, dim = queries.shape
     nd, ld, _ = documents.shape
     qc, dc = all_pairs_chunks(nq, nd, lq, ld, max_elements)
@@ -197,12 +271,12 @@ def _all_pairs_backward(
     grad_d = torch.zeros(documents.shape, dtype=acc_d, device=documents.device) if need_d else None
     has_token = documents_mask.any(dim=-1)  # (Nd,)
     for qs in range(0, nq, qc):
-        q = queries[qs : qs + qc].to(dtype)
+        q = queries[qs : qs + qc].to(operand).to(dtype)
         n = q.shape[0]
         flat_q = q.reshape(-1, dim)
         qm = None if queries_mask is None else queries_mask[qs : qs + qc]
         for ds in range(0, nd, dc):
-            d = documents[ds : ds + dc].to(dtype)
+            d = documents[ds : ds + dc].to(operand).to(dtype)
             m = d.shape[0]
             flat_d = d.reshape(-1, dim)
             sim = (flat_q @ flat_d.T).view(n, lq, m, ld)
@@ -235,17 +309,22 @@ def _chunked_function(
         queries_mask: torch.Tensor | None,
         max_elements: int,
         dtype: torch.dtype,
+        operand: torch.dtype,
     ) -> torch.Tensor:
         ctx.save_for_backward(queries, documents, documents_mask, queries_mask)
-        ctx.max_elements, ctx.dtype = max_elements, dtype
-        return forward(_Inputs(queries, documents, documents_mask, queries_mask, max_elements, dtype))
+        ctx.max_elements, ctx.dtype, ctx.operand = max_elements, dtype, operand
+        return forward(
+            _Inputs(queries, documents, documents_mask, queries_mask, max_elements, dtype, operand)
+        )
 
     def function_backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         queries, documents, documents_mask, queries_mask = ctx.saved_tensors
         with torch.autocast(queries.device.type, enabled=False):  # recompute exactly as the forward did
-            inputs = _Inputs(queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype)
+            inputs = _Inputs(
+                queries, documents, documents_mask, queries_mask, ctx.max_elements, ctx.dtype, ctx.operand
+            )
             grads = backward(grad_out, inputs, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
     return type(
         name,
@@ -265,8 +344,13 @@ def maxsim_pairwise(
     queries_mask: torch.Tensor | None = None,
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    backend: Backend = "auto",
+    precision: MaxSimPrecision = "autocast",
 ) -> torch.Tensor:
     """Score query i against document i: (B, Lq, D) x (B, Ld, D) -> (B,) float32.
+
+    ``backend`` and ``precision``: module docstring; ``budget_bytes`` bounds the chunked
+    backend's similarity chunk.
 
     >>> import torch
     >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # 1 query, 2 token vectors
@@ -283,6 +367,8 @@ def maxsim_pairwise(
         documents_mask.unsqueeze(1),
         queries_mask,
         budget_bytes=budget_bytes,
+        backend=backend,
+        precision=precision,
     )
     return scores.squeeze(1)
 
@@ -294,8 +380,12 @@ def maxsim_nway(
     queries_mask: torch.Tensor | None = None,
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    backend: Backend = "auto",
+    precision: MaxSimPrecision = "autocast",
 ) -> torch.Tensor:
     """Score each query against its own k candidates: (B, Lq, D) x (B, K, Ld, D) -> (B, K).
+
+    ``backend`` and ``precision``: module docstring.
 
     >>> import torch
     >>> q = torch.tensor([[[1.0, 0.0]]])  # 1 query of 1 token
@@ -304,10 +394,11 @@ def maxsim_nway(
     tensor([[1.0000, 0.0000, 0.6000]])
     """
     _check(queries, documents, documents_mask, 3)
-    dtype = compute_dtype(queries, documents)
-    return _NwayMaxSim.apply(
-        queries, documents, documents_mask, queries_mask, budget_elements(budget_bytes, dtype), dtype
-    )
+    if documents.dim() != 4:
+        raise ValueError(
+            f"documents must have 4 dimensions (B, K, Ld, D), got shape {tuple(documents.shape)}"
+        )
+    return _score(queries, documents, documents_mask, queries_mask, True, budget_bytes, backend, precision)
 
 
 def all_pairs_chunks(
@@ -330,10 +421,13 @@ def maxsim_all_pairs(
     queries_mask: torch.Tensor | None = None,
     *,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    backend: Backend = "auto",
+    precision: MaxSimPrecision = "autocast",
 ) -> torch.Tensor:
     """Every query against every document: (Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd) float32.
 
-    Each chunk is a single matrix product (chunk_q * Lq, D) @ (D, chunk_d * Ld).
+    Each chunk of the chunked backend is a single matrix product (chunk_q * Lq, D) @
+    (D, chunk_d * Ld); ``backend`` and ``precision``: module docstring.
 
     >>> import torch
     >>> q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 2 queries of 1 token
@@ -343,7 +437,38 @@ def maxsim_all_pairs(
             [0.0000, 1.0000]])
     """
     _check(queries, documents, documents_mask, 3)
-    dtype = compute_dtype(queries, documents)
-    return _AllPairsMaxSim.apply(
-        queries, documents, documents_mask, queries_mask, budget_elements(budget_bytes, dtype), dtype
-    )
+    if documents.dim() != 3:
+        raise ValueError(f"documents must have 3 dimensions (Nd, Ld, D), got shape {tuple(documents.shape)}")
+    return _score(queries, documents, documents_mask, queries_mask, False, budget_bytes, backend, precision)
+
+
+def _score(
+    queries: torch.Tensor,
+    documents: torch.Tensor,
+    documents_mask: torch.Tensor,
+    queries_mask: torch.Tensor | None,
+    nway: bool,
+    budget_bytes: int,
+    backend: Backend,
+    precision: MaxSimPrecision,
+) -> torch.Tensor:
+    operand, dtype = operand_and_compute_dtypes(queries, documents, precision)
+    if resolve_backend(backend, queries, operand) == "fused":
+        from colzero.scoring.fused import fused_maxsim, operand_name
+
+        scores, _ = fused_maxsim(
+            queries, documents, documents_mask, queries_mask, nway, operand_name(operand)
+        )
+        return scores
+    function = _NwayMaxSim if nway else _AllPairsMaxSim
+    # the dtypes are explicit from here on (the products must not be recast by autocast)
+    with torch.autocast(queries.device.type, enabled=False):
+        return function.apply(
+            queries,
+            documents,
+            documents_mask,
+            queries_mask,
+            budget_elements(budget_bytes, dtype),
+            dtype,
+            operand,
+        )
