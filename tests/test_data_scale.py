@@ -218,7 +218,7 @@ def test_every_tool_stops_on_broken_input_and_writes_nothing(
         )
         args = ["train-phase", "--config", str(cfg)]
     before = set(tmp_path.rglob("*"))
-    assert cli(args) == 1
+    assert cli(args) == 2  # bad input
     err = capsys.readouterr().err
     assert __import__("re").search(pattern, err), err
     created = {p for p in set(tmp_path.rglob("*")) - before if "cache" not in p.parts}
@@ -229,11 +229,11 @@ def test_every_tool_stops_on_broken_input_and_writes_nothing(
 
 def test_a_run_that_would_write_nothing_fails(tmp_path, tiny_model, capsys):
     write_jsonl(tmp_path / "corpus.jsonl", [{"_id": "a", "text": "short"}, {"_id": "b", "text": "tiny"}])
-    assert cli(["pairs", str(tmp_path / "corpus.jsonl"), str(tmp_path / "pairs.jsonl")]) == 1
+    assert cli(["pairs", str(tmp_path / "corpus.jsonl"), str(tmp_path / "pairs.jsonl")]) == 2
     assert "no pairs" in capsys.readouterr().err and not (tmp_path / "pairs.jsonl").exists()
     train = write_jsonl(tmp_path / "train.jsonl", [{"query": "q", "pos": ["a"], "neg": []}])
     args = ["score", tiny_model, str(train), str(tmp_path / "corpus.jsonl"), str(tmp_path / "kd.jsonl")]
-    assert cli([*args, "--n-candidates", "4"]) == 1
+    assert cli([*args, "--n-candidates", "4"]) == 2
     assert "nothing to score" in capsys.readouterr().err and not (tmp_path / "kd.jsonl").exists()
 
 

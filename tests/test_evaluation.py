@@ -297,7 +297,7 @@ def test_cli_smoke(tmp_path, capsys):
     assert "ndcg@10" in out and "tiny-colbert" in out and "mean" in out
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert 0.0 <= data["scores"]["tiny-colbert"]["set"]["ndcg@10"] <= 1.0
-    assert main(["evaluate", str(model_dir), "--datasets", str(tmp_path / "absent")]) == 1
+    assert main(["evaluate", str(model_dir), "--datasets", str(tmp_path / "absent")]) == 2  # bad input
 
 
 def test_cli_as_the_authors_ran_it(tmp_path, capsys):

@@ -207,7 +207,7 @@ def test_injected_failure_keeps_previous_index(built, model, tmp_path, monkeypat
             idx.add([("n" + d, t) for d, t in corpus(50, seed=5)], chunk_size=10)
     after = Index.load(path, model)
     assert len(after) == 300 and after.search(["quick brown fox"], k=5) == before
-    assert not [p for p in path.iterdir() if p.name.startswith(".seg-")]
+    assert not [p for p in after.base.iterdir() if p.name.startswith(".seg-")]
     # a failed rebuild over an existing index leaves it intact
     with monkeypatch.context() as m:
         fail_after_chunks(m, 2)
@@ -253,7 +253,7 @@ def test_sigkill_mid_add_leaves_index_usable(built, model, tmp_path):
     idx = Index.load(path, model)
     assert len(idx) == 300 and len(idx.segments) == 1
     assert idx.add([("after-kill", "dog")]) == 1  # orphans cleaned, index writable
-    assert not [p for p in path.iterdir() if p.name.startswith(".seg-")]
+    assert not [p for p in idx.base.iterdir() if p.name.startswith(".seg-")]
 
 
 def test_corrupt_and_half_written_detected(built, tmp_path):
@@ -261,7 +261,8 @@ def test_corrupt_and_half_written_detected(built, tmp_path):
 
     path = tmp_path / "copy"
     shutil.copytree(built[0], path)
-    seg = next(p for p in path.iterdir() if p.name.startswith("seg-"))
+    base = Index.load(path).base
+    seg = next(p for p in base.iterdir() if p.name.startswith("seg-"))
     data = (seg / "residuals.npy").read_bytes()
     (seg / "residuals.npy").write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexCorruptError, match="residuals.npy: size"):
@@ -269,7 +270,7 @@ def test_corrupt_and_half_written_detected(built, tmp_path):
     (seg / "residuals.npy").write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     with pytest.raises(IndexCorruptError, match="sha256"):
         Index.load(path)
-    (path / "metadata.json").unlink()
+    (base / "metadata.json").unlink()
     with pytest.raises(IndexCorruptError, match="metadata.json: file is missing"):
         Index.load(path)
     with pytest.raises(FileNotFoundError):
@@ -326,15 +327,15 @@ def test_cli_build_search_delete(tmp_path, capsys):
     line = json.loads(capsys.readouterr().out.splitlines()[0])
     assert len(line["results"]) == 3
     assert main(["index", "delete", str(out), "d1", "d2"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"deleted": 2, "documents": 118}
-    assert main(["index", "delete", str(out), "zzz"]) == 1
+    assert json.loads(capsys.readouterr().out) == {"deleted": 2, "documents": 118, "generation": 2}
+    assert main(["index", "delete", str(out), "zzz"]) == 2  # bad input
     assert "not in the index" in capsys.readouterr().err
     add_file = tmp_path / "add.jsonl"
     add_file.write_text(json.dumps({"_id": "x1", "text": "cat dog"}) + "\n")
     assert main(["index", "add", str(out), "--corpus", str(add_file)]) == 0
     assert json.loads(capsys.readouterr().out)["documents"] == 119
     other = make_colbert(seed=4).save(tmp_path / "other")
-    assert main(["search", str(out), "fox", "--model", str(other)]) == 1
+    assert main(["search", str(out), "fox", "--model", str(other)]) == 2
     assert "fingerprint" in capsys.readouterr().err
 
 

@@ -83,7 +83,7 @@ def test_streamed_build_equals_one_chunk_build(tmp_path):
     streamed = Index.build(model, rows, tmp_path / "streamed", chunk_size=7, **kw)
     whole = Index.build(model, rows, tmp_path / "whole", chunk_size=10_000, **kw)
     for name in streamed.codec.files:
-        assert (streamed.path / name).read_bytes() == (whole.path / name).read_bytes(), name
+        assert (streamed.base / name).read_bytes() == (whole.base / name).read_bytes(), name
     a, b = streamed.segments[0], whole.segments[0]
     for name in a.files:
         assert a.files[name] == b.files[name], name  # same size and sha256

@@ -66,7 +66,7 @@ def _decoded(idx: Index) -> list[np.ndarray]:
     """Every document's decoded, normalised vectors (what the index's last stage scores)."""
     out = []
     for seg in idx.segments:
-        folder = idx.path / seg.name
+        folder = idx.base / seg.name
         vecs = idx.codec.decompress(np.load(folder / "codes.npy"), np.load(folder / "residuals.npy"))
         start = 0
         for n in np.load(folder / "doclens.npy"):
@@ -191,5 +191,106 @@ def test_cli_search_filter_and_fields(tmp_path, capsys):
     assert sorted(h["id"] for h in hits) == sorted(r["_id"] for r in expected)
     first = next(r for r in expected if r["_id"] == hits[0]["id"])
     assert hits[0]["title"] == first["title"] and len(hits[0]["text"]) <= 13
-    assert main(["search", str(out), "fox", "--filter", "{year: 1}"]) == 1
+    assert main(["search", str(out), "fox", "--filter", "{year: 1}"]) == 2  # bad input
     assert "invalid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flt", "path", "needle"),
+    [
+        ({"year": 2**63}, ("year",), "9223372036854775808 does not fit in a 64-bit integer"),
+        ({"year": -(2**63) - 1}, ("year",), "does not fit in a 64-bit integer"),
+        ({"year": [2020, float("nan")]}, ("year", 1), "nan is not a finite number"),
+        ({"score": float("inf")}, ("score",), "inf is not a finite number"),
+        ({"source": "\ud800"}, ("source",), "lone surrogate '\\ud800' at position 0"),
+        ({"a\udfff": 1}, ("a\udfff",), "the name is not valid Unicode"),
+        ({f"f{i}": 1 for i in range(65)}, (), "at most 64 fields"),
+        ({"a": list(range(600)), "b": list(range(600))}, ("b",), "at most 1024 values"),
+        ({"year": [[2020]]}, ("year", 0), "got a nested list"),
+        ({"year": {"$gt": 1}}, ("year",), "got an object"),
+        ({"source": "x" * 5000}, ("source",), "a string of 5000 characters (at most 4096)"),
+        ({"": 1}, ("",), "a field name is a non-empty printable string"),
+        ({"a" * 300: 1}, ("a" * 300,), "at most 256 characters"),
+        ([1, 2], (), "a filter is a JSON object"),
+    ],
+)
+def test_filter_limits_name_the_key(flt, path, needle):
+    from colzero.index.filters import FilterError, check_filter
+
+    with pytest.raises(FilterError) as err:
+        check_filter(flt)
+    assert needle in str(err.value) and err.value.path == path
+
+
+def test_filters_at_the_limits_run_in_sqlite():
+    from colzero.index.filters import MAX_FIELDS, MAX_VALUES
+
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE docs (pid INTEGER PRIMARY KEY, doc_id TEXT, fields TEXT)")
+    con.execute("INSERT INTO docs VALUES (0, 'a', ?)", (json.dumps({f"f{i}": i for i in range(MAX_FIELDS)}),))
+    widest = {
+        f"f{i}": [i] + list(range(1000, 1000 + MAX_VALUES // MAX_FIELDS - 1)) for i in range(MAX_FIELDS)
+    }
+    extremes = {"f0": [0, 2**63 - 1, -(2**63), 1e308, -0.0, "\U0010ffff" * 4096, True, None]}
+    for flt in (widest, extremes):
+        where, params = compile_filter(flt)
+        assert [r[0] for r in con.execute(f"SELECT pid FROM docs WHERE {where}", params)] == [0]
+
+
+JSONISH = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(st.characters(blacklist_categories=()), max_size=6),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flt=st.one_of(
+        st.dictionaries(st.text(st.characters(blacklist_categories=()), max_size=4), JSONISH, max_size=4),
+        JSONISH,
+    )
+)
+def test_a_filter_that_passes_the_checks_never_fails_in_sqlite(flt):
+    """Any value: either a FilterError naming the problem, or SQL that SQLite runs."""
+    from colzero.index.filters import FilterError, check_filter
+
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE docs (pid INTEGER PRIMARY KEY, doc_id TEXT, fields TEXT)")
+    con.execute("INSERT INTO docs VALUES (0, 'a', ?)", (json.dumps({"a": [1, "x"], "": None}),))
+    try:
+        check_filter(flt)
+    except FilterError:
+        return
+    where, params = compile_filter(flt)
+    con.execute(f"SELECT pid FROM docs WHERE {where}", params).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"year": 9223372036854775808}', "does not fit in a 64-bit integer"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (json.dumps({f"f{i}": i for i in range(1200)}), "at most 64 fields"),
+        ('{"year": NaN}', "NaN is not a number JSON allows"),
+        ('{"s": "\\ud800"}', "lone surrogate"),
+    ],
+)
+def test_cli_search_bad_filters_end_in_one_line_and_exit_2(tmp_path, capsys, text, needle):
+    from colzero.cli.main import main
+
+    assert main(["search", str(tmp_path / "never-opened"), "fox", "--filter", text]) == 2
+    err = capsys.readouterr().err
+    assert (
+        len(err.strip().splitlines()) == 1
+        and needle in err
+        and err.startswith("colzero search: error: --filter")
+    )

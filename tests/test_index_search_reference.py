@@ -34,7 +34,7 @@ def _documents(idx: Index) -> list[tuple[np.ndarray, np.ndarray]]:
     """(codes, packed residuals) of every pid, read from the segment files."""
     out = []
     for seg in idx.segments:
-        folder = idx.path / seg.name
+        folder = idx.base / seg.name
         codes = np.load(folder / "codes.npy")
         res = np.load(folder / "residuals.npy")
         start = 0

@@ -136,7 +136,7 @@ def _same_index(ref, got, centroid_atol: float = 1e-5, score_atol: float = 1e-4,
     assert got.meta["build"]["tokens"] == ref.meta["build"]["tokens"]
     for name in got.codec.files:  # centroids and the residual codec's tables
         np.testing.assert_allclose(
-            np.load(got.path / name), np.load(ref.path / name), atol=centroid_atol, err_msg=name
+            np.load(got.base / name), np.load(ref.base / name), atol=centroid_atol, err_msg=name
         )
     assert np.mean(got.codes == ref.codes) >= 0.99
     res_got, res_ref = (np.asarray(i.segments[0].residuals) for i in (got, ref))

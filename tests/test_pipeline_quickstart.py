@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import minilm_path, shared_path
+from conftest import minilm_path, quickstart_prepare, shared_path
 
 
 @pytest.mark.slow
@@ -15,32 +15,8 @@ def test_quickstart_shortened_end_to_end(tmp_path):
     minilm_path()
     from colzero.training.pipeline import ndcg10, run_recipe
 
-    corpus = "${shared}/data/beir/scifact/corpus.jsonl"
     overrides = {
-        "prepare": [
-            {
-                "tool": "pairs",
-                "output": "${run}/data/pairs-scifact.jsonl",
-                "args": {"corpus": corpus, "max_pairs": 400},
-            },
-            {
-                "tool": "pairs",
-                "output": "${run}/data/pairs-msmarco.jsonl",
-                "args": {"corpus": "${shared}/data/beir/msmarco-dl19-mini/corpus.jsonl", "max_pairs": 200},
-            },
-            {
-                "tool": "score",
-                "output": "${run}/data/kd-scifact-minilm.jsonl",
-                "args": {
-                    "model": "${minilm}",
-                    "input": "${shared}/data/train/scifact-train-hn/train.jsonl",
-                    "documents": corpus,
-                    "n_candidates": 4,
-                    "max_queries": 16,
-                    "max_length": 64,
-                },
-            },
-        ],
+        "prepare": quickstart_prepare((400, 200), kd_queries=16, kd_max_length=64),
         "phases": [
             {
                 "max_steps": 2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import socket
 import threading
 import time
@@ -158,3 +159,122 @@ def test_concurrent_requests_with_different_filters(server):
         assert [h["id"] for h in r.json()["results"][0]] == [
             d for d, _ in idx.search(["late interaction"], k=3, filter=flt)[0]
         ]
+
+
+DEEP = "[" * 1500 + "]" * 1500
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "needle"),
+    [
+        (
+            '{"query": "protein", "filter": {"group": 9223372036854775808}}',
+            ["body", "filter", "group"],
+            "64-bit",
+        ),
+        (
+            json.dumps({"query": "fox", "filter": {f"f{i}": 1 for i in range(120)}}),
+            ["body", "filter"],
+            "at most 64 fields",
+        ),
+        ('{"query": "prot\\ud800ein"}', ["body", "query"], "lone surrogate '\\ud800' at position 4"),
+        ('{"query": "fox", "filter": {"group": "\\udc00"}}', ["body", "filter", "group"], "lone surrogate"),
+        ('{"query": "fox", "fields": ["a\\ud800"]}', ["body", "fields", 0], "valid Unicode"),
+        (
+            '{"query": "fox", "filters": {"group": 1}}',
+            ["body", "filters"],
+            "unknown key 'filters'; did you mean 'filter'?",
+        ),
+        ('{"query": "fox", "k": true}', ["body", "k"], "valid integer"),
+        ('{"query": "fox", "k": 3.0}', ["body", "k"], "valid integer"),
+        ('{"query": "fox", "k": "3"}', ["body", "k"], "valid integer"),
+        ('{"query": "fox", "filter": {"group": NaN}}', ["body"], "NaN is not allowed"),
+        ('{"query": "fox", "filter": {"group": -Infinity}}', ["body"], "-Infinity is not allowed"),
+        ('{"query": "fox", "filter": {"group": [1, [2]]}}', ["body", "filter", "group", 1], "nested list"),
+        ('{"query": "fox", "filter": ' + DEEP + "}", ["body"], "nested too deeply"),
+        ('{"query": "fox", "k": 3', ["body"], "invalid JSON"),
+        ("[1, 2]", ["body"], "valid dictionary"),
+        (b'{"query": "fox \xff"}', ["body"], "not UTF-8"),
+    ],
+)
+def test_hostile_requests_get_their_own_422_naming_the_key(server, body, loc, needle):
+    client, _, _ = server
+    r = client.post("/search", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert any(needle in d["msg"] and d["loc"] == loc for d in detail), detail
+
+
+def test_encode_requests_are_strict_too(server):
+    client, _, _ = server
+    r = client.post("/encode", json={"text": ["a"]})
+    assert r.status_code == 422 and "did you mean 'texts'?" in r.text
+    r = client.post("/encode", content='{"texts": ["a\\ud800"]}')
+    assert r.status_code == 422 and "lone surrogate" in r.text
+
+
+def test_the_connection_stays_usable_after_every_kind_of_error(server, monkeypatch):
+    """One keep-alive socket: a 422, a 413 (body sent, not read), a 500 and a 200 in turn."""
+    import http.client
+
+    client, idx, _ = server
+    port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
+    real = idx.search
+
+    def failing(texts, **kw):
+        if any("BOOM" in t for t in texts):
+            raise RuntimeError("injected fault (test)")
+        return real(texts, **kw)
+
+    monkeypatch.setattr(idx, "search", failing)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"content-type": "application/json"}
+    sent = [
+        ('{"query": "fox", "k": true}', 422),
+        ('{"query": "' + "y" * 5000 + '"}', 413),
+        ('{"query": "BOOM"}', 500),
+        ('{"query": "quick brown fox", "k": 2}', 200),
+    ]
+    sock = None
+    for body, status in sent:
+        conn.request("POST", "/search", body=body, headers=headers)
+        r = conn.getresponse()
+        payload = json.loads(r.read())
+        assert r.status == status, payload
+        assert sock is None or conn.sock is sock  # the same socket, never reset
+        sock = conn.sock
+        if status == 500:
+            assert payload["detail"] == "internal error" and len(payload["error_id"]) == 12
+    conn.close()
+
+
+def test_a_request_that_fails_inside_a_batch_fails_alone(server, monkeypatch):
+    client, idx, app = server
+    real = idx.search
+
+    def failing(texts, **kw):
+        if any("BOOM" in t for t in texts):
+            raise RuntimeError("injected fault (test)")
+        if any("BADVAL" in t for t in texts):
+            raise ValueError("injected bad value (test)")
+        return real(texts, **kw)
+
+    monkeypatch.setattr(idx, "search", failing)
+    before = dict(app.state.stats)
+    queries = [f"{WORDS[i % len(WORDS)]} fox" for i in range(24)]
+    queries[5], queries[17] = "BOOM fox", "BADVAL fox"
+
+    def one(q):
+        return q, client.post("/search", json={"query": q, "k": 3})
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, queries))
+    for q, r in results:
+        if q.startswith("BOOM"):
+            assert r.status_code == 500 and len(r.json()["error_id"]) == 12
+        elif q.startswith("BADVAL"):
+            assert r.status_code == 422 and "injected bad value" in r.text
+        else:
+            assert r.status_code == 200, r.text
+            assert [h["id"] for h in r.json()["results"][0]] == [d for d, _ in real([q], k=3)[0]]
+    assert app.state.stats["batches"] - before["batches"] < len(queries)  # they did share batches

@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     m.add_argument("--query-key", default="query")
     m.add_argument("--positive-key", default="pos")
+    m.add_argument(
+        "--drop-unknown",
+        action="store_true",
+        help="drop positive ids that are not in DOCUMENTS (and rows left without one), with a count; "
+        "default: such an id is an error naming its line",
+    )
     m.set_defaults(func=_mine)
 
     s = subparsers.add_parser("score", help="teacher scores for KD data: {query_id, document_ids, scores}")
@@ -67,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--max-length", type=int, default=None)
     s.add_argument("--candidate-ids", default=None, help="column with candidate ids (else pos + neg)")
+    s.add_argument(
+        "--drop-unknown",
+        action="store_true",
+        help="drop positive ids that are not in DOCUMENTS (and rows left without one), with a count; "
+        "default: such an id is an error naming its line",
+    )
     s.set_defaults(func=_score)
 
 
@@ -95,6 +107,7 @@ def _mine(args: argparse.Namespace) -> int:
         margin_mode=args.margin_mode,
         query_key=args.query_key,
         positive_key=args.positive_key,
+        drop_unknown=args.drop_unknown,
     )
     print(f"wrote {n} rows with mined negatives to {args.output}")
     return 0
@@ -114,6 +127,7 @@ def _score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         candidate_ids=args.candidate_ids,
+        drop_unknown=args.drop_unknown,
     )
     print(f"wrote {n} scored queries to {args.output}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from colzero.cli.live import run_view
+    from colzero.cli.term import console as get_console
     from colzero.evaluation import RetrievalSettings, evaluate
 
     settings = RetrievalSettings(
@@ -89,18 +92,21 @@ def run(args: argparse.Namespace) -> int:
         from colzero.index.retrieval import IndexEvaluation, IndexRetriever
 
         retriever = IndexRetriever(IndexEvaluation(nprobe=args.nprobe, ncandidates=args.ncandidates))
-    results = evaluate(
-        args.models,
-        args.datasets,
-        settings=settings,
-        per_dataset=per_dataset,
-        preset=args.preset,
-        split=args.split,
-        output_dir=args.output,
-        plots=not args.no_plots,
-        device=args.device,
-        retriever=retriever,
-    )
+    console = get_console()
+    with run_view(console, "colzero evaluate", enabled=not args.progress) as view:
+        results = evaluate(
+            args.models,
+            args.datasets,
+            settings=settings,
+            per_dataset=per_dataset,
+            preset=args.preset,
+            split=args.split,
+            output_dir=args.output,
+            plots=not args.no_plots,
+            device=args.device,
+            progress=view,
+            retriever=retriever,
+        )
     lengths = (
         "--query-length"
         if args.query_length
@@ -108,13 +114,34 @@ def run(args: argparse.Namespace) -> int:
         if args.preset
         else "the model's own"
     )
-    for name, used in results.settings.items():
-        print(
+    for name, used in results.settings.items():  # how each dataset was searched
+        console.print(
             f"{name}: {used['search']} search, query length {used['query_tokens']} ({lengths}), "
-            f"document length {used['document_tokens']}"
+            f"document length {used['document_tokens']}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
         )
-    for metric in results.metrics:
-        print(results.table(metric))
-        print()
-    print("wrote", ", ".join(results.files.values()))
+    console.print(metrics_table(results.scores, results.metrics))
+    console.print("wrote " + ", ".join(results.files.values()), soft_wrap=True, markup=False)
     return 0
+
+
+def metrics_table(scores: dict[str, dict[str, dict[str, float]]], metrics: list[str]) -> Any:
+    """Every metric x 100 per dataset and model, and each model's mean over the datasets."""
+    from rich.table import Table
+
+    table = Table(title="colzero evaluate (x100)")
+    table.add_column("dataset")
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    datasets = list(dict.fromkeys(d for per_model in scores.values() for d in per_model))
+    for d in datasets:
+        for model, per_model in scores.items():
+            if d in per_model:
+                table.add_row(d, model, *[f"{100 * per_model[d][m]:.2f}" for m in metrics])
+    for model, per_model in scores.items():
+        means = [sum(v[m] for v in per_model.values()) / len(per_model) for m in metrics]
+        table.add_row("mean", model, *[f"{100 * v:.2f}" for v in means], style="bold")
+    return table

@@ -14,9 +14,9 @@ def load_index_model(name: str | None, index_path: str | None = None):
     if name is None and index_path is not None:
         from pathlib import Path
 
-        from colzero.index.storage import read_metadata
+        from colzero.index.generations import published_metadata
 
-        name = read_metadata(Path(index_path)).get("model_name")
+        name = published_metadata(Path(index_path)).get("model_name")
         if not name:
             raise ValueError(f"{index_path}: no model recorded in metadata.json; pass --model")
     return load_model(name).eval()
@@ -27,6 +27,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from colzero.index import Index, SearchSettings, build_sharded
 
+    _stop_if_busy(args.output, args.wait)
     model = load_index_model(args.model)
     kwargs = {
         "codec": args.codec,
@@ -42,6 +43,7 @@ def _build(args: argparse.Namespace) -> int:
             **{k: v for k, v in (("nprobe", args.nprobe), ("ncandidates", args.ncandidates)) if v is not None}
         ),
         "model_name": args.model,
+        "wait": args.wait,
     }
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each rank encodes a shard
         idx = build_sharded(model, args.corpus, args.output, shard_dtype=args.shard_dtype, **kwargs)
@@ -53,27 +55,45 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_if_busy(path: str, wait: float) -> None:
+    """Without --wait, a busy index stops the command before it loads a model."""
+    if wait <= 0:
+        from pathlib import Path
+
+        from colzero.index.generations import check_writable
+
+        check_writable(Path(path))
+
+
 def _add(args: argparse.Namespace) -> int:
     from colzero.index import Index
 
+    _stop_if_busy(args.index, args.wait)
     idx = Index.load(args.index, load_index_model(args.model, args.index))
-    print(json.dumps({"added": idx.add(args.corpus, batch_size=args.batch_size), "documents": len(idx)}))
+    added = idx.add(args.corpus, batch_size=args.batch_size, wait=args.wait)
+    print(json.dumps({"added": added, "documents": len(idx), "generation": idx.generation}))
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from colzero.index import Index
 
     ids = list(args.ids)
     if args.ids_file:
-        with open(args.ids_file, encoding="utf-8") as f:
-            ids += [line.strip() for line in f if line.strip()]
+        from colzero.data.readers import iter_lines
+
+        ids += [line.strip() for _, line in iter_lines(Path(args.ids_file))]
+    if not ids:
+        raise ValueError("no ids to delete: give IDs or --ids-file")
+    _stop_if_busy(args.index, args.wait)
     idx = Index.load(args.index)
     try:
-        n = idx.delete(ids, missing="ignore" if args.ignore_missing else "error")
+        n = idx.delete(ids, missing="ignore" if args.ignore_missing else "error", wait=args.wait)
     except KeyError as exc:
-        raise ValueError(exc.args[0]) from exc
-    print(json.dumps({"deleted": n, "documents": len(idx)}))
+        raise ValueError(f"{args.index}: {exc.args[0]}") from None
+    print(json.dumps({"deleted": n, "documents": len(idx), "generation": idx.generation}))
     return 0
 
 
@@ -114,6 +134,17 @@ def _snippet(value, length: int):
         return value
     cut = value[:length].rsplit(" ", 1)[0] or value[:length]
     return cut + "…"
+
+
+def _wait_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another process is writing to the index, wait up to SECONDS for it (default: stop "
+        "at once, leaving the index untouched, exit code 75)",
+    )
 
 
 BUILD_DESCRIPTION = """\
@@ -184,6 +215,7 @@ def register(subparsers) -> None:
         default="float16",
         help="under torchrun: precision of the temporary per-rank vector files (default float16)",
     )
+    _wait_option(b)
     b.set_defaults(func=_build)
 
     a = sub.add_parser("add", help="add documents (new segment, existing centroids)")
@@ -191,6 +223,7 @@ def register(subparsers) -> None:
     a.add_argument("--corpus", required=True)
     a.add_argument("--model", default=None, help="default: the model recorded at build")
     a.add_argument("--batch-size", type=int, default=32)
+    _wait_option(a)
     a.set_defaults(func=_add)
 
     d = sub.add_parser("delete", help="delete documents by id (tombstones)")
@@ -198,6 +231,7 @@ def register(subparsers) -> None:
     d.add_argument("ids", nargs="*")
     d.add_argument("--ids-file", default=None)
     d.add_argument("--ignore-missing", action="store_true")
+    _wait_option(d)
     d.set_defaults(func=_delete)
 
     s = sub.add_parser("stats", help="verify checksums and print sizes")

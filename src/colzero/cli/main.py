@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 #: modules under colzero.cli that define ``register(subparsers)``; each adds its commands
@@ -16,7 +15,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="colzero", description="Train, evaluate, index and serve ColBERT models."
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging: -v colzero's INFO and the libraries' warnings, -vv everything (DEBUG, "
+        "library progress bars)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -31,22 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from colzero.training.distributed import LaunchError
+    from colzero.cli import logs, term
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    console = term.new_console()
+    logs.configure(args.verbose, console if console.is_terminal else None)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, LaunchError) as exc:
-        if args.verbose >= 2:
-            raise
-        print(f"colzero {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    from colzero.cli.errors import run_command
+
+    return run_command(args)  # an error: one line, exit 2 (bad input) or 1 (internal fault)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from rich.table import Table
 
+from colzero.cli.cost import add_projection_arguments
 from colzero.evaluation.metrics import MAIN_METRIC
 
 
@@ -17,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", default=None, help="run folder (default runs/<recipe name>)")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan; train nothing")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation of each phase")
+    add_projection_arguments(p)
     p.add_argument(
         "--set",
         action="append",
@@ -49,58 +52,70 @@ def _overrides(items: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+    from colzero.cli.live import run_view
+    from colzero.cli.term import console as get_console
     from colzero.training.pipeline import run_recipe
 
-    console = Console(width=None if Console().is_terminal else 160)
-    result = run_recipe(
-        args.recipe,
-        args.output,
-        dry_run=args.dry_run,
-        overrides=_overrides(args.set),
-        evaluate=not args.no_eval,
-        log_file=True,
-    )
+    console = get_console()
     if args.dry_run:
-        table = Table(title=f"plan: {args.recipe} -> {result.run_dir}")
-        for col in (
-            "phase",
-            "start",
-            "loss",
-            "τ",
-            "lr",
-            "global batch",
-            "epochs/max",
-            "lengths q/d",
-            "sources",
-        ):
-            table.add_column(col)
-        for row in result.plan:
-            table.add_row(
-                row["phase"],
-                str(row["start"]),
-                row["loss"],
-                str(row["temperature"] or "-"),
-                f"{row['lr']:g}",
-                str(row["global_batch"]),
-                f"{row['epochs']}/{row['max_steps'] or '-'}",
-                _lengths(row["settings"]),
-                ", ".join(row["sources"]),
-            )
-        console.print(table)
-        console.print(_sources_table(args.recipe, args.set, result.run_dir))
-        console.print("recipe is valid (dry run: nothing trained)")
-        return 0
+        return _dry_run(args, console)
+    if any(v is not None for v in (args.gpus, args.gpu_kind, args.gpu_records)) or args.no_calibrate:
+        raise ValueError("--gpus, --gpu-kind, --gpu-records and --no-calibrate go with --dry-run")
     import torch.distributed as dist
 
+    # ranks are known from the launcher's environment before run_recipe sets up the process group
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    main_rank = (dist.get_rank() if dist.is_initialized() else int(rank)) == 0
+    with run_view(console, f"colzero train {args.recipe}", enabled=main_rank) as view:
+        result = run_recipe(
+            args.recipe,
+            args.output,
+            overrides=_overrides(args.set),
+            evaluate=not args.no_eval,
+            log_file=True,
+            progress=view,
+        )
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0  # under torchrun, rank 0 holds the run's summary and prints it
-    console.print(cost_table(result.cost))
+    console.print(cost_table(result.cost, title=f"colzero run: {args.recipe} -> {result.run_dir}"))
     if result.evaluation:
         console.print(evaluation_table(result.evaluation))
-    console.print(f"final model: {result.final_model}  (wall time this run {result.wall_time_s:,.0f} s)")
+    console.print(f"final model: {result.final_model}", soft_wrap=True)
+    console.print(
+        f"summary:     {result.run_dir / 'summary.json'}  (wall time of this invocation "
+        f"{result.wall_time_s:,.0f} s; log: {result.run_dir / 'logs' / 'pipeline.log'})",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, console: Any) -> int:
+    from colzero.training.pipeline import run_recipe
+
+    result = run_recipe(args.recipe, args.output, dry_run=True, overrides=_overrides(args.set))
+    table = Table(title=f"plan: {args.recipe} -> {result.run_dir}")
+    for col in ("phase", "start", "loss", "τ", "lr", "global batch", "epochs/max", "lengths q/d", "sources"):
+        table.add_column(col)
+    for row in result.plan:
+        table.add_row(
+            row["phase"],
+            str(row["start"]),
+            row["loss"],
+            str(row["temperature"] or "-"),
+            f"{row['lr']:g}",
+            str(row["global_batch"]),
+            f"{row['epochs']}/{row['max_steps'] or '-'}",
+            _lengths(row["settings"]),
+            ", ".join(row["sources"]),
+        )
+    console.print(table)
+    console.print(_sources_table(args.recipe, args.set, result.run_dir))
+    from colzero.cli.cost import print_recipe_projection
+    from colzero.training.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, run_dir=result.run_dir, overrides=_overrides(args.set))
+    print_recipe_projection(console, args, recipe, result.run_dir)
+    console.print("recipe is valid (dry run: nothing trained)")
     return 0
 
 
@@ -114,33 +129,58 @@ def _fmt_num(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else ("-" if value is None else f"{value:,.0f}")
 
 
-def cost_table(summary: dict[str, Any]) -> Table:
-    """The run's cost (:func:`colzero.training.cost.summarize`): one row per phase and a total."""
-    table = Table(title="colzero run cost")
-    for col in ("phase", "examples", "tokens", "wall time", "peak memory", "device-h"):
-        table.add_column(col, justify="left" if col == "phase" else "right")
-    for name, cost in [*summary["phases"].items(), ("total", summary["total"])]:
-        wall = cost.get("wall_s")
-        table.add_row(
-            name,
-            _fmt_num(cost.get("examples")),
-            _fmt_num(cost.get("tokens")),
-            "-" if wall is None else f"{wall:,.1f} s",
-            _fmt_bytes(cost.get("peak_memory_bytes")),
-            f"{cost.get('device_hours') or 0.0:.3f}",
-        )
+def _device(cost: dict[str, Any]) -> str:
+    device = cost.get("device")
+    if not device:
+        return "-"
+    world = cost.get("world_size") or 1
+    return f"{str(device).split(':')[0]} x{world}" if world > 1 else str(device).split(":")[0]
+
+
+def cost_table(summary: dict[str, Any], title: str = "colzero run cost") -> Table:
+    """The run's cost (:func:`colzero.training.cost.summarize`): one row per phase and a total.
+    Device-hours count accelerators (``wall x GPUs``); a CPU phase has none (``-``)."""
+    table = Table(title=title)
+    for col in ("phase", "steps", "examples", "tokens", "wall time", "peak memory", "device", "device-h"):
+        table.add_column(col, justify="left" if col in ("phase", "device") else "right")
+    total_steps = 0
+    for name, cost in summary["phases"].items():
+        total_steps += int(cost.get("steps") or 0)
+        table.add_row(name, *_cost_cells(cost, cost.get("steps")))
+    table.add_row("total", *_cost_cells(summary["total"], total_steps, total=True), style="bold")
     return table
 
 
+def _cost_cells(cost: dict[str, Any], steps: Any, total: bool = False) -> list[str]:
+    from colzero.cli.live import duration
+
+    wall = cost.get("wall_s")
+    on_gpu = total or str(cost.get("device", "")).startswith("cuda")
+    hours = cost.get("device_hours")
+    return [
+        _fmt_num(steps),
+        _fmt_num(cost.get("examples")),
+        _fmt_num(cost.get("tokens")),
+        duration(wall) if wall is not None else "-",
+        _fmt_bytes(cost.get("peak_memory_bytes")),
+        "" if total else _device(cost),
+        f"{hours:.3f}" if on_gpu and hours else "-",
+    ]
+
+
 def evaluation_table(evaluation: dict[str, dict[str, dict[str, float]]], metric: str = MAIN_METRIC) -> Table:
-    """``metric`` x 100 per evaluated model (rows: start, phases) and dataset (columns)."""
+    """``metric`` x 100 per evaluated model (rows: the start model, each evaluated phase, the last
+    one marked ``final``) and dataset (columns), as ``summary.json`` holds them."""
     datasets = sorted({d for scores in evaluation.values() for d in scores})
-    table = Table(title=f"{metric} (x100)")
-    table.add_column("model")
+    table = Table(title=f"{'nDCG@10' if metric == MAIN_METRIC else metric} (x100)")
+    table.add_column("stage")
     for d in datasets:
         table.add_column(d, justify="right")
-    for stage, scores in evaluation.items():
-        table.add_row(stage, *[f"{100 * scores[d][metric]:.2f}" if d in scores else "-" for d in datasets])
+    stages = list(evaluation)
+    for stage in stages:
+        scores = evaluation[stage]
+        label = f"final ({stage})" if stage == stages[-1] and stage != "start" else stage
+        table.add_row(label, *[f"{100 * scores[d][metric]:.2f}" if d in scores else "-" for d in datasets])
     return table
 
 

@@ -15,9 +15,15 @@ def _serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         max_queries=args.max_queries,
         max_chars=args.max_chars,
+        max_body_bytes=args.max_body_bytes,
         batch_wait_ms=args.batch_wait_ms,
+        max_batch_queries=args.max_batch_queries,
     )
-    print(f"serving {args.index} ({len(index)} documents) on http://{args.host}:{args.port}", flush=True)
+    print(
+        f"serving {args.index} (generation {index.generation}, {len(index)} documents) on "
+        f"http://{args.host}:{args.port}; it follows the folder's new generations",
+        flush=True,
+    )
     serve(index, host=args.host, port=args.port, limits=limits)
     return 0
 
@@ -29,7 +35,11 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-k", type=int, default=100)
-    p.add_argument("--max-queries", type=int, default=32)
-    p.add_argument("--max-chars", type=int, default=2000)
+    p.add_argument("--max-queries", type=int, default=32, help="texts per request")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 beyond; default 1 MiB)"
+    )
     p.add_argument("--batch-wait-ms", type=float, default=3.0)
+    p.add_argument("--max-batch-queries", type=int, default=64, help="queries searched together")
     p.set_defaults(func=_serve)

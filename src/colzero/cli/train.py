@@ -67,8 +67,20 @@ def build_config(args: argparse.Namespace) -> PhaseConfig:
 
 def run(args: argparse.Namespace) -> int:
     """``colzero train-phase``: train the phase and print the final model's folder."""
+    import os
+
+    from colzero.cli.live import run_view
+    from colzero.cli.term import console
+    from colzero.training.cost import PhaseCost
     from colzero.training.trainer import run_phase
 
-    final = run_phase(build_config(args), resume=args.resume)
+    cfg = build_config(args)
+    main_rank = (os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0") == "0"
+    with run_view(console(), f"colzero train-phase {cfg.name}", enabled=main_rank) as view:
+        view.run_started(cfg.name, [cfg.name])
+        final = run_phase(cfg, resume=args.resume, progress=view)
+        cost = PhaseCost.read(cfg.output_dir) if cfg.output_dir else None
+        record = {"steps": cost.steps, "wall_s": cost.wall_s, "examples": cost.examples} if cost else {}
+        view.phase_finished(cfg.name, {**record, "skipped": False})
     print(final)
     return 0

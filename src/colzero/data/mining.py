@@ -13,6 +13,11 @@ there is one):
 - ``margin=None``: no filtering.
 
 Output rows: the input row plus ``neg`` (ids) and ``neg_source`` (id → "bm25" | "model" | "both").
+
+A positive id that is not in the corpus is an error naming the row's file and line and the id
+(the margin filter needs the positive's score, and the row would train on a document nobody can
+read); ``drop_unknown=True`` (``colzero mine --drop-unknown``) drops such ids instead, and the
+rows left without a positive, with a count in the log.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from colzero.data.readers import iter_jsonl, load_text_table, write_jsonl
+from colzero.data.readers import DataError, iter_jsonl, load_text_table, write_jsonl
 from colzero.scoring.packed import PackedEmbeddings, PaddedEmbeddings
 from colzero.scoring.search import Score, score_candidates, search
 
@@ -110,14 +115,26 @@ def mine(
     query_key: str = "query",
     positive_key: str = "pos",
     batch_size: int = 32,
+    wheres: Sequence[str] | None = None,
+    documents: str = "the corpus",
+    drop_unknown: bool = False,
 ) -> list[dict[str, Any]]:
+    """Mined rows (see the module). ``wheres``: each row's place (file:line) for error messages;
+    ``documents``: the corpus's name in them."""
     if not bm25 and model is None:
         raise ValueError("mining needs bm25=True and/or a model")
-    queries = [str(r[query_key]) for r in rows]
-    positives = [
-        [str(p) for p in (r[positive_key] if isinstance(r[positive_key], list) else [r[positive_key]])]
-        for r in rows
-    ]
+    wheres = list(wheres) if wheres is not None else [f"row {i}" for i in range(len(rows))]
+    queries, positives = [], []
+    for row, where in zip(rows, wheres, strict=True):
+        for key in (query_key, positive_key):
+            if row.get(key) in (None, "", []):
+                raise DataError(f"{where}: field {key!r} is missing or empty")
+        queries.append(str(row[query_key]))
+        value = row[positive_key]
+        positives.append([str(p) for p in (value if isinstance(value, list) else [value])])
+    rows, wheres, queries, positives = _known_positives(
+        rows, wheres, queries, positives, corpus, positive_key, documents, drop_unknown
+    )
     found: list[dict[str, dict[str, float]]] = [{} for _ in rows]  # qi -> retriever -> {doc: score}
     pos_best: list[dict[str, float]] = [{} for _ in rows]
     if bm25:
@@ -161,12 +178,59 @@ def mine(
     return out
 
 
-def mine_file(input: str | Path, documents: str | Path, output: str | Path, **kwargs: Any) -> int:
+def _known_positives(
+    rows: list[dict[str, Any]],
+    wheres: list[str],
+    queries: list[str],
+    positives: list[list[str]],
+    corpus: dict[str, str],
+    positive_key: str,
+    documents: str,
+    drop_unknown: bool,
+) -> tuple[list[dict[str, Any]], list[str], list[str], list[list[str]]]:
+    """The rows with every positive in ``corpus``: an unknown positive is a :class:`DataError`
+    naming the first one, or (``drop_unknown``) dropped, with the rows left without a positive."""
+    unknown = [(i, p) for i, ps in enumerate(positives) for p in ps if p not in corpus]
+    if not unknown:
+        return rows, wheres, queries, positives
+    i, first = unknown[0]
+    if not drop_unknown:
+        raise DataError(
+            f"{wheres[i]}: field {positive_key!r}: positive id {first!r} is not in {documents} "
+            f"({len(unknown)} unknown positive id(s) in all; --drop-unknown drops them)"
+        )
+    kept: tuple[list, list, list, list] = ([], [], [], [])
+    for row, where, query, ps in zip(rows, wheres, queries, positives, strict=True):
+        known = [p for p in ps if p in corpus]
+        if known:
+            for out, value in zip(kept, (row | {positive_key: known}, where, query, known), strict=True):
+                out.append(value)
+    logger.warning(
+        "dropped %d unknown positive id(s) (the first %r at %s) and %d row(s) left without a positive",
+        len(unknown),
+        first,
+        wheres[i],
+        len(rows) - len(kept[0]),
+    )
+    return kept
+
+
+def mine_file(
+    input: str | Path, documents: str | Path, output: str | Path, *, drop_unknown: bool = False, **kwargs: Any
+) -> int:
     """Mine hard negatives for every row of ``input`` against ``documents``; the output is written
-    atomically (nothing on failure)."""
-    rows = [row for _, row in iter_jsonl(input)]
+    atomically (nothing on failure). Unknown positive ids: see the module."""
+    pairs = list(iter_jsonl(input))
     corpus = load_text_table(documents)
-    return write_jsonl(output, mine(rows, corpus, **kwargs), what="mined rows")
+    mined = mine(
+        [row for _, row in pairs],
+        corpus,
+        wheres=[where for where, _ in pairs],
+        documents=str(documents),
+        drop_unknown=drop_unknown,
+        **kwargs,
+    )
+    return write_jsonl(output, mined, what="mined rows")
 
 
 def mine_beir(beir: str | Path, output: str | Path, *, split: str = "train", **kwargs: Any) -> int:
@@ -182,4 +246,27 @@ def mine_beir(beir: str | Path, output: str | Path, *, split: str = "train", **k
     ]
     rows = [r for r in rows if r["pos"]]
     corpus = dict(zip(ds.corpus_ids, ds.corpus_texts, strict=True))
-    return write_jsonl(output, mine(rows, corpus, **kwargs), what=f"mined rows of {beir} ({split})")
+    if not kwargs.get("drop_unknown"):  # name the qrels line of an unknown positive
+        for r in rows:
+            for d in r["pos"]:
+                if d not in corpus:
+                    raise DataError(
+                        f"{_qrels_place(beir, split, r['query_id'], d)}: field 'corpus-id': positive id {d!r} "
+                        f"of query {r['query_id']!r} is not in the corpus of {beir} (drop_unknown = true in "
+                        "the step's args, or --drop-unknown, drops such ids)"
+                    )
+    wheres = [f"{beir} ({split}) query {r['query_id']!r}" for r in rows]
+    mined = mine(rows, corpus, wheres=wheres, documents=f"the corpus of {beir}", **kwargs)
+    return write_jsonl(output, mined, what=f"mined rows of {beir} ({split})")
+
+
+def _qrels_place(beir: str | Path, split: str, qid: str, did: str) -> str:
+    """file:line of the qrels row (qid, did) of a BEIR folder (read only for an error message)."""
+    path = Path(beir) / "qrels" / f"{split}.tsv"
+    if path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) >= 2 and parts[0] == qid and parts[1] == did:
+                    return f"{path}:{lineno}"
+    return f"{beir} qrels ({split}), query {qid!r}"

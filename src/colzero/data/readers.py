@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: id columns of document / query tables, in order of preference
 ID_FIELDS = ("_id", "id", "document_id", "query_id", "doc_id", "docid", "corpus-id", "query-id", "qid")
@@ -272,15 +275,30 @@ def iter_documents(source: Any, *, what: str = "document") -> Iterator[Document]
     A duplicate id stops the read with both places; an empty source is an error.
     """
     seen: dict[str, str] = {}
+    empty: list[Document] = []
+    n_empty = 0
     for doc in _raw_documents(source):
         first = seen.get(doc.id)
         if first is not None:
             raise DataError(f"{doc.where}: field '_id': duplicate {what} id {doc.id!r} (first at {first})")
         seen[doc.id] = doc.where
+        if not doc.text.strip():
+            n_empty += 1
+            if len(empty) < 3:
+                empty.append(doc)
         yield doc
     if not seen:
         noun = "corpus" if what == "document" else f"{what} table"
         raise DataError(f"{_label(source)}: the {noun} is empty")
+    if n_empty:
+        logger.warning(
+            "%s: %d of %d %ss have empty text (%s); they encode to the special tokens only",
+            _label(source),
+            n_empty,
+            len(seen),
+            what,
+            "; ".join(f"{d.where}: id {d.id!r}" for d in empty) + ("; ..." if n_empty > len(empty) else ""),
+        )
 
 
 def _label(source: Any) -> str:
@@ -316,12 +334,65 @@ def load_text_table(path: str | os.PathLike[str], what: str = "document") -> dic
 
 
 # ---------------------------------------------------------------------- outputs
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def temp_name(name: str) -> str:
+    """The name of this process's temporary file or folder for ``name``: ``.NAME.tmp-PID``."""
+    return f".{name}.tmp-{os.getpid()}"
+
+
+def temp_owner(entry: str) -> tuple[str, int] | None:
+    """``(name, pid)`` of a temporary entry named by :func:`temp_name`, else None."""
+    if not entry.startswith("."):
+        return None
+    stem, sep, pid = entry[1:].rpartition(".tmp-")
+    return (stem, int(pid)) if sep and stem and pid.isdigit() else None
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary entries (:func:`temp_name`) in ``folder`` whose process is gone (only
+    those for ``name`` when given); a live process's are never touched. Returns what was removed."""
+    import shutil
+
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        owner = temp_owner(entry.name)
+        if owner is None or (name is not None and owner[0] != name) or pid_alive(owner[1]):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place on success, delete it on error."""
+    """Yield a temporary path next to ``path``; rename it into place on success, delete it on error.
+
+    The temporary entry is ``.NAME.tmp-PID``; those a killed run left for the same ``path`` are
+    removed first (only when their process is gone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temps(path.parent, path.name)
+    tmp = path.parent / temp_name(path.name)
     try:
         yield tmp
         os.replace(tmp, path)

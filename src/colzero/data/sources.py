@@ -114,6 +114,7 @@ class TrainingSource:
         self.source = source
         self.name = source.name
         self.needs = needs
+        self._warned_empty = False
         if source.max_negatives is not None and needs.n_negatives > source.max_negatives:
             raise DataError(
                 f"source {source.name!r}: loss.n_negatives={needs.n_negatives} exceeds "
@@ -192,8 +193,10 @@ class TrainingSource:
                 self.queries, [p.query for p in parsed], [p.where for p in parsed], self.source.query_id
             )
             for p, text in zip(parsed, found, strict=True):
-                p.query = text
+                p.query_id, p.query = p.query, text
         if self.documents is not None:
+            for p in parsed:
+                p.doc_ids = list(p.docs)
             ids = [d for p in parsed for d in p.docs]
             texts = self._lookup(
                 self.documents,
@@ -204,9 +207,40 @@ class TrainingSource:
             pos = 0
             for p in parsed:
                 p.docs, pos = texts[pos : pos + len(p.docs)], pos + len(p.docs)
+        self._check_empty(parsed)
         if self.needs.kind == "distillation":
             return [DistillationExample(p.query, p.docs, p.scores) for p in parsed]
         return [ContrastiveExample(p.query, p.docs[0], p.docs[1:]) for p in parsed]
+
+    def _check_empty(self, parsed: list[_Parsed]) -> None:
+        """An empty (or whitespace) positive is a :class:`DataError`; the source's first other
+        empty texts (queries, negatives, candidates) are named in one warning, with their lines
+        and ids (they encode to the special tokens only)."""
+        empties = []
+        for p in parsed:
+            refs = p.doc_ids or [None] * len(p.docs)
+            if self.needs.kind == "contrastive" and not p.docs[0].strip():
+                what = f"document {refs[0]!r} has empty text" if refs[0] else "text is empty"
+                raise DataError(
+                    f"{p.where}: field {p.doc_cols[0]!r}: the positive {what} (a positive must have text)"
+                )
+            if not p.query.strip():
+                empties.append(
+                    (p.where, self.source.query_id if p.query_id else self.source.query, p.query_id)
+                )
+            empties += [
+                (p.where, c, r) for t, c, r in zip(p.docs, p.doc_cols, refs, strict=True) if not t.strip()
+            ]
+        if empties and not self._warned_empty:
+            self._warned_empty = True
+            shown = "; ".join(f"{w}: field {c!r}" + (f" (id {r!r})" if r else "") for w, c, r in empties[:3])
+            logger.warning(
+                "source %s: %d empty text(s) in the rows just read, e.g. %s; they encode to the special "
+                "tokens only (later ones in this source are not reported)",
+                self.name,
+                len(empties),
+                shown,
+            )
 
     def _parse(self, row: dict[str, Any], where: Any) -> _Parsed:
         s = self.source
@@ -276,9 +310,16 @@ class TrainingSource:
         return self.examples([i])[0]
 
     def check_all(self, chunk: int = 4096) -> Iterator[int]:
-        """Check every row (``colzero data check``); yields the number of rows checked so far."""
+        """Check every row (``colzero data check``); yields the number of rows checked so far. The
+        error raised is the earliest bad row's (a chunk that fails is checked again row by row)."""
         for start in range(0, len(self), chunk):
-            self.examples(np.arange(start, min(len(self), start + chunk)))
+            rows = np.arange(start, min(len(self), start + chunk))
+            try:
+                self.examples(rows)
+            except DataError:
+                for row in rows.tolist():
+                    self.examples([row])
+                raise
             yield min(len(self), start + chunk)
 
 
@@ -288,6 +329,10 @@ class _Parsed:
 
     where: Any  # the row's place (rendered only for an error message)
     query: str
+    query_id: str | None = None  # the query's id, once ``query`` holds its text
+    doc_ids: list[str] = dataclasses.field(
+        default_factory=list
+    )  # the documents' ids, once ``docs`` hold texts
     docs: list[str] = dataclasses.field(default_factory=list)
     doc_cols: list[str] = dataclasses.field(default_factory=list)
     scores: list[float] = dataclasses.field(default_factory=list)

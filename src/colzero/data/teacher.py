@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from colzero.data.readers import DataError, iter_jsonl, load_text_table, write_jsonl
+from colzero.data.readers import DataError, id_value, iter_jsonl, load_text_table, write_jsonl
 from colzero.scoring.packed import PackedBuilder, PackedEmbeddings
 from colzero.scoring.search import score_candidates
 
@@ -150,12 +150,17 @@ class Teacher:
         return out
 
 
-def _candidates(row: dict[str, Any], pos_key: str, neg_key: str, id_key: str | None) -> list[str]:
-    if id_key and id_key in row:
-        return [str(x) for x in row[id_key]]
-    pos = row.get(pos_key) or []
-    neg = row.get(neg_key) or []
-    return [str(x) for x in list(pos) + list(neg)]
+def _candidates(
+    row: dict[str, Any], pos_key: str, neg_key: str, id_key: str | None, where: str
+) -> list[tuple[str, str]]:
+    """(id, field) of a row's candidates: ``id_key``'s, else the positives then the negatives."""
+    keys = [id_key] if id_key and id_key in row else [pos_key, neg_key]
+    out = []
+    for key in keys:
+        value = row.get(key) or []
+        for x in value if isinstance(value, list) else [value]:
+            out.append((id_value(x, key, where), key))
+    return out
 
 
 def score_file(
@@ -172,14 +177,21 @@ def score_file(
     positives: str = "pos",
     negatives: str = "neg",
     candidate_ids: str | None = None,
+    drop_unknown: bool = False,
 ) -> int:
     """Teacher scores for every query of ``input`` (rows with ``query``/``query_id`` and either
     ``candidate_ids`` or positives + negatives); the first ``n_candidates`` candidates are kept
-    (positives first). Returns the number of rows written."""
+    (positives first). Returns the number of rows written.
+
+    A positive id not in ``documents`` is an error naming the file, line and id (a KD row without
+    its positive teaches the wrong thing); ``drop_unknown`` drops it instead, and skips the rows
+    left without a positive. Unknown negative or candidate ids are dropped, with a count in the log."""
     corpus = load_corpus(documents)
     qtext = load_text_table(queries, what="query") if queries is not None else {}
     rows = []
     skipped = seen = 0
+    unknown: dict[str, list[tuple[str, str]]] = {"positive": [], "other": []}
+    lost_positive = 0
     for where, row in iter_jsonl(input):
         seen += 1
         qid = str(row.get("query_id", row.get("_id", seen - 1)))
@@ -188,7 +200,23 @@ def score_file(
             raise DataError(
                 f"{where}: field 'query' is missing (and query id {qid!r} is not in a query table)"
             )
-        cands = [c for c in _candidates(row, positives, negatives, candidate_ids) if c in corpus]
+        cands, had_positive, kept_positive = [], False, False
+        for doc_id, key in _candidates(row, positives, negatives, candidate_ids, where):
+            is_positive = key == positives and key != candidate_ids
+            had_positive |= is_positive
+            if doc_id in corpus:
+                cands.append(doc_id)
+                kept_positive |= is_positive
+                continue
+            if is_positive and not drop_unknown:
+                raise DataError(
+                    f"{where}: field {key!r}: positive id {doc_id!r} is not in {documents} "
+                    "(--drop-unknown drops unknown ids and the rows they leave without a positive)"
+                )
+            unknown["positive" if is_positive else "other"].append((where, doc_id))
+        if had_positive and not kept_positive:  # every positive was unknown (and dropped)
+            lost_positive += 1
+            continue
         cands = list(dict.fromkeys(cands))[:n_candidates]
         if len(cands) < n_candidates:
             skipped += 1
@@ -199,6 +227,17 @@ def score_file(
         rows.append((qid, str(text), cands))
         if max_queries is not None and len(rows) >= max_queries:
             break
+    for kind, found in unknown.items():
+        if found:
+            logger.warning(
+                "dropped %d unknown %s id(s) not in %s (the first %r at %s)%s",
+                len(found),
+                kind if kind == "positive" else "negative / candidate",
+                documents,
+                found[0][1],
+                found[0][0],
+                f"; {lost_positive} row(s) left without a positive skipped" if kind == "positive" else "",
+            )
     if not rows:
         raise DataError(
             f"{input}: no query has {n_candidates} candidates found in {documents} ({skipped} of {seen} rows "

@@ -23,6 +23,7 @@ from colzero.evaluation.retrieval import (
     retrieve,
 )
 from colzero.model.encoder import Encoder
+from colzero.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def evaluate(
     output_dir: str | os.PathLike[str] | None = None,
     plots: bool = True,
     device: str | None = None,
+    progress: Progress = SILENT,
     retriever: Retriever | None = None,
     **setting_overrides: Any,
 ) -> EvaluationResults:
@@ -123,6 +125,7 @@ def evaluate(
     ``retriever`` replaces exact search (e.g. ``colzero.index.retrieval.IndexRetriever()``, PLAID
     search as the authors' published numbers). The settings of each dataset record the search and
     the query / document lengths actually used (``query_tokens``, ``document_tokens``).
+    ``progress`` (:class:`colzero.progress.Progress`) hears each (model, dataset) start and result.
 
     Example (``model`` is any ColBERT or DenseModel; datasets may be BEIR folders or names):
 
@@ -163,6 +166,7 @@ def evaluate(
             if per_dataset and ds.name in per_dataset:
                 s = dataclasses.replace(s, **per_dataset[ds.name])
             s = preset_settings(s, ds.name, preset)
+            progress.evaluation_started(label, ds.name)
             t0 = time.perf_counter()
             out = (retriever or retrieve)(model, ds, s)
             t1 = time.perf_counter()
@@ -185,6 +189,9 @@ def evaluate(
                 "dropped_qrels": ds.dropped_qrels,
             }
             logger.info("%s on %s: %s", label, ds.name, scores[label][ds.name])
+            progress.evaluation_finished(
+                label, ds.name, scores[label][ds.name], timings[label][ds.name]["total_s"]
+            )
     results = EvaluationResults(scores, list(metrics), timings, used_settings)
     if output_dir is not None:
         results.write(output_dir, plots=plots)

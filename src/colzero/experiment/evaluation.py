@@ -25,6 +25,7 @@ from typing import Any
 
 from colzero.data.datasets import RetrievalDataset
 from colzero.experiment.grid import DatasetSpec, EvaluationSpec
+from colzero.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,12 @@ def evaluate_model(
     model_key: str,
     show_progress: bool = False,
     model_settings: dict[str, Any] | None = None,
+    progress: Progress = SILENT,
+    label: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate ``model_path`` on every (dataset, cache file) not cached yet; returns the records.
-    ``model_settings``: a start's declared prompts / lengths (module docstring)."""
+    ``model_settings``: a start's declared prompts / lengths (module docstring); ``progress`` hears
+    each dataset's start and result, the model named ``label`` (default its key)."""
     from colzero.evaluation import compute_metrics, load_dataset, retrieve
     from colzero.evaluation.retrieval import effective_length
     from colzero.model.loading import load_model
@@ -126,6 +130,7 @@ def evaluate_model(
     model = load_model(model_path)
     load_s = time.perf_counter() - t0
     for spec, file in todo:
+        progress.evaluation_started(label or model_key, spec.name)
         t0 = time.perf_counter()
         ds = prepare_dataset(load_dataset(spec.path, split=spec.split), spec)
         settings = retrieval_settings(spec, ev, show_progress, model_settings)
@@ -176,6 +181,9 @@ def evaluate_model(
             spec.name,
             record["metrics"][MAIN_METRIC],
             record["timings"]["total_s"],
+        )
+        progress.evaluation_finished(
+            label or model_key, spec.name, record["metrics"], record["timings"]["total_s"]
         )
         records.append(record)
     return records

@@ -33,6 +33,7 @@ from colzero.experiment.evaluation import MAIN_METRIC, evaluate_model, write_jso
 from colzero.experiment.grid import Grid, GridError, load_grid, read_grid_text
 from colzero.experiment.plan import PhaseNode, Plan, RouteRun, build_plan
 from colzero.experiment.report import Collected, RouteInfo, write_report
+from colzero.progress import SILENT, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +182,46 @@ def read_timeline(exp_dir: Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- training and evaluation
+def node_title(node: PhaseNode) -> str:
+    """How progress names a phase node: its label, seed and short key."""
+    return f"{node.label} seed {node.seed} [{node.key[:8]}]"
+
+
+def training_order(plan: Plan) -> list[PhaseNode]:
+    """The unique phase nodes in the order :func:`run_experiment` trains them."""
+    keys = dict.fromkeys(k for run in plan.runs for k in run.lineage)
+    return [plan.nodes[k] for k in keys]
+
+
+class _NodeProgress(Progress):
+    """A node's one-phase recipe run, reported as one phase (``title``) of the experiment."""
+
+    def __init__(self, outer: Progress, title: str) -> None:
+        self.outer, self.title = outer, title
+
+    def note(self, text: str) -> None:
+        self.outer.note(text)
+
+    def phase_started(self, name: str, total_steps: int, step: int) -> None:
+        self.outer.phase_started(self.title, total_steps, step)
+
+    def phase_step(self, name: str, step: int, metrics: Any) -> None:
+        self.outer.phase_step(self.title, step, metrics)
+
+    def phase_finished(self, name: str, record: Any) -> None:
+        self.outer.phase_finished(self.title, record)
+
+
 def train_node(
     node: PhaseNode,
     plan: Plan,
     *,
     show_progress: bool = True,
     phase_runner: Callable[..., Path] | None = None,
+    progress: Progress = SILENT,
 ) -> bool:
-    """Train ``node`` unless done (``node.json``); returns True when it trained now."""
+    """Train ``node`` unless done (``node.json``); returns True when it trained now. ``progress``
+    hears the node's one-phase run as the phase :func:`node_title` names."""
     if node.status() == "done":
         return False
     if node.parent is not None and plan.nodes[node.parent].status() != "done":
@@ -200,7 +233,9 @@ def train_node(
     tmp = node.recipe_file.with_name(f".{node.recipe_file.name}.tmp")
     tmp.write_text(node.recipe_text(), encoding="utf-8")
     tmp.replace(node.recipe_file)
-    extra = {"phase_runner": phase_runner} if phase_runner is not None else {}
+    extra: dict[str, Any] = {"phase_runner": phase_runner} if phase_runner is not None else {}
+    if progress is not SILENT:
+        extra["progress"] = _NodeProgress(progress, node_title(node))
     t0 = time.perf_counter()
     try:
         result = run_recipe(node.recipe_file, node.dir, evaluate=False, show_progress=show_progress, **extra)
@@ -242,7 +277,9 @@ def train_node(
     return True
 
 
-def evaluate_run(plan: Plan, run: RouteRun, *, show_progress: bool = False) -> int:
+def evaluate_run(
+    plan: Plan, run: RouteRun, *, show_progress: bool = False, progress: Progress = SILENT
+) -> int:
     """Evaluate the route model on every grid dataset not cached yet; returns how many were run."""
     tasks = [(t.dataset, t.file) for t in plan.evals_of(run) if not t.file.is_file()]
     if not tasks:
@@ -255,6 +292,8 @@ def evaluate_run(plan: Plan, run: RouteRun, *, show_progress: bool = False) -> i
         model_key=run.model_key,
         show_progress=show_progress,
         model_settings=run.eval_settings,
+        progress=progress,
+        label=run.id,
     )
     for r in records:
         if r["dataset"] in {spec.name for spec, _ in tasks}:
@@ -431,12 +470,15 @@ def run_experiment(
     phase_runner: Callable[..., Path] | None = None,
     echo: Callable[[str], None] | None = None,
     command: str | None = None,
+    progress: Progress = SILENT,
 ) -> ExperimentResult:
     """Run (or continue) the grid ``grid_ref`` (a TOML file or a grid preset) in ``exp_dir``.
 
     ``dry_run``: build and validate the plan only (see :func:`describe_plan`). ``report_only``:
     train and evaluate nothing, write the report from what is finished. ``phase_runner`` is
-    passed to ``run_recipe`` (tests count and interrupt phases with it).
+    passed to ``run_recipe`` (tests count and interrupt phases with it). ``progress``
+    (:class:`colzero.progress.Progress`) hears every unique phase (named by :func:`node_title`,
+    in :func:`training_order`) and every evaluation (the route run's id, ``route@seed``).
     """
     t_start = time.perf_counter()
     say = echo or logger.info
@@ -462,6 +504,7 @@ def run_experiment(
             root.setLevel(logging.INFO)
         try:
             if not report_only:
+                progress.run_started(grid.name, [node_title(n) for n in training_order(plan)])
                 total = len(plan.nodes)
                 for run in plan.runs:
                     for key in run.lineage:
@@ -469,19 +512,28 @@ def run_experiment(
                         if node.status() == "done":
                             if key not in result.skipped and key not in result.trained:
                                 result.skipped.append(key)
+                                progress.phase_finished(node_title(node), {"skipped": True})
                             continue
                         done = sum(n.status() == "done" for n in plan.nodes.values())
                         say(
                             f"[{done + 1}/{total}] training {node.label} seed {node.seed} ({node.key[:8]}, "
                             f"{node.steps()}) for {run.id}"
                         )
-                        train_node(node, plan, show_progress=show_progress, phase_runner=phase_runner)
+                        train_node(
+                            node,
+                            plan,
+                            show_progress=show_progress,
+                            phase_runner=phase_runner,
+                            progress=progress,
+                        )
                         result.trained.append(key)
                     if evaluate:
                         pending = [t for t in plan.evals_of(run) if not t.file.is_file()]
                         if pending:
                             say(f"evaluating {run.id} on {', '.join(t.dataset.name for t in pending)}")
-                        result.evaluated += evaluate_run(plan, run, show_progress=show_progress)
+                        result.evaluated += evaluate_run(
+                            plan, run, show_progress=show_progress, progress=progress
+                        )
             info = _run_info(plan, command, time.perf_counter() - t_start, overrides)
             result.report = write_report(collect(plan, info), plan.exp_dir / "report")
             say(f"report: {result.report['markdown']}")

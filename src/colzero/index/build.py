@@ -147,8 +147,9 @@ def write_documents(
     *,
     store_texts: bool,
     store_fields: bool,
+    generation: int,
 ) -> None:
-    """Insert each chunk's documents and append its vectors to the segment."""
+    """Insert each chunk's documents (rows of ``generation``) and append its vectors to the segment."""
     for chunk, vecs in chunks:
         if len(vecs) != len(chunk):
             raise ValueError(f"the encoder returned {len(vecs)} matrices for {len(chunk)} documents")
@@ -159,6 +160,7 @@ def write_documents(
             store_texts=store_texts,
             store_fields=store_fields,
             session_first_pid=writer.first_pid,
+            generation=generation,
         )
         writer.write(vecs)
         logger.debug("indexed %d documents", writer.n_docs)

@@ -40,6 +40,7 @@ centroid id (uint16 when there are <= 65,536 centroids, else int32) + the residu
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 CODECS = ("pq", "scalar")
 
@@ -86,8 +89,14 @@ def train_centroids(
         seed=seed,
         spherical=True,
         max_points_per_centroid=256,
+        # faiss prints a warning to stderr (from C++, whatever ``verbose``) when k-means gets fewer
+        # than 39 points per centroid; a small corpus has fewer by design (the caller caps the
+        # centroids at 1 per 8 sampled vectors), so the threshold is 1: only the message changes
+        min_points_per_centroid=1,
         verbose=False,
     )
+    if len(train) < 39 * n_centroids:
+        logger.debug("k-means: %d vectors for %d centroids (a small sample)", len(train), n_centroids)
     km.train(train)
     centroids = km.centroids.astype(np.float32)
     centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
@@ -333,6 +342,7 @@ class PQResidualCodec(_CentroidCodec):
         if len(residuals) < 256:  # faiss k-means needs at least one point per sub-centroid
             residuals = np.resize(residuals, (256, dim))
         pq = faiss.ProductQuantizer(dim, m, 8)
+        pq.cp.min_points_per_centroid = 1  # small samples are expected: no C++ warning (train_centroids)
         pq.train(np.ascontiguousarray(residuals, dtype=np.float32))
         return cls(centroids, faiss.vector_to_array(pq.centroids).reshape(m, 256, dim // m))
 

@@ -3,7 +3,7 @@
 Under ``torchrun`` (``WORLD_SIZE > 1``) every rank encodes one contiguous shard of the
 documents on its own device (``cuda:LOCAL_RANK`` when CUDA is available, else the CPU) and
 streams the vectors, chunk by chunk, into shard files in a temporary folder next to the index
-(``.<name>.shards-<id>/rank-NNNNN.{vectors,head,doclens}.npy``, each renamed into place once
+(``.<name>.shards.tmp-<pid>/rank-NNNNN.{vectors,head,doclens}.npy``, each renamed into place once
 complete): ``vectors`` holds ``(n_tokens, dim)`` float16 by default, ``head`` the documents of
 the first ``kmeans_documents`` documents in float32 (``Index.build`` trains the codec on them). After a barrier,
 rank 0 builds the index with :meth:`Index.build`, feeding it the memory-mapped shard files in
@@ -17,8 +17,9 @@ other ranks wait for it and return ``None``.
 Memory per rank is one chunk of vectors: a JSONL corpus is read line by line and lines outside
 the rank's shard are not parsed. Disk: the shard files hold ``2 * dim`` bytes per token
 (float16) until rank 0 has built the index. The output is written atomically as in
-``Index.build``: a build killed at any point leaves the previous index as it was (a killed run
-may leave the ``.<name>.shards-*`` folder behind; it is safe to delete). Several nodes need the
+``Index.build``: a build killed at any point leaves the previous index as it was (the
+``.<name>.shards.tmp-<pid>`` folder a killed run leaves is removed by the next sharded build of the
+same output once that process is gone). Several nodes need the
 output's parent folder on a shared filesystem.
 """
 
@@ -28,7 +29,6 @@ import datetime
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from colzero.data.readers import remove_stale_temps, temp_name
 from colzero.index.build import KMEANS_DOCUMENTS, encode_documents
 from colzero.index.documents import batches, count_documents, read_documents
 from colzero.index.plaid import Index
@@ -113,7 +114,8 @@ def _run(model, documents, output: Path, shard, group, chunk_size, batch_size, k
     name = [None]
     if rank == 0:
         output.parent.mkdir(parents=True, exist_ok=True)
-        folder = output.parent / f".{output.name}.shards-{uuid.uuid4().hex[:8]}"
+        remove_stale_temps(output.parent, f"{output.name}.shards")  # a killed run's shard files
+        folder = output.parent / temp_name(f"{output.name}.shards")
         folder.mkdir()
         name = [folder.name]
     dist.broadcast_object_list(name, src=0, group=group)

@@ -120,12 +120,13 @@ def check_texts(texts: Any) -> tuple[list[str], bool]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-    empty = sum(1 for t in texts if not t.strip())
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         logger.warning(
-            "%d of %d texts are empty or whitespace; they encode to the special tokens only",
-            empty,
+            "%d of %d texts are empty or whitespace (positions %s); they encode to the special tokens only",
+            len(empty),
             len(texts),
+            ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else ""),
         )
     return list(texts), False
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from colzero.model.encoder import Encoder
+from colzero.progress import SILENT, Progress
 from colzero.training import prompts as prompt_tools
 from colzero.training.cost import PhaseCost, summarize
 from colzero.training.recipe import Recipe, RecipeError, load_recipe, read_recipe_text, validate_recipe
@@ -70,11 +71,15 @@ def evaluate_model(
     index: int | None = None,
     datasets: list[str] | None = None,
     device: Any = None,
+    *,
+    label: str | None = None,
+    progress: Progress = SILENT,
 ) -> dict[str, dict[str, float]]:
     """:func:`colzero.evaluation.evaluate` of one model on ``recipe.evaluation``'s datasets (or
     ``datasets``): dataset name -> metric -> value (the evaluation's default metrics).
 
-    The model is opened with the settings of phase ``index`` (lengths, prompts) when given.
+    The model is opened with the settings of phase ``index`` (lengths, prompts) when given;
+    ``label`` names it in the log and to ``progress`` (default: its path).
     """
     ev = recipe.evaluation
     datasets = ev.datasets if datasets is None else datasets
@@ -99,7 +104,7 @@ def evaluate_model(
         model = load_model(str(model_path), **_loadable(model_path, settings))
     if device is not None:
         model.to(device)  # rank 0 evaluates on its GPU when it has one
-    label = str(model_path)
+    label = label or str(model_path)
     results = evaluate(
         model,
         datasets,
@@ -108,6 +113,7 @@ def evaluate_model(
         plots=False,
         batch_size=ev.batch_size,
         use_cache=False,
+        progress=progress,
     )
     scores = results.scores[label]
     for name, metrics in scores.items():
@@ -134,7 +140,7 @@ def _loadable_for(model_type: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- preparation
-def run_prepare(recipe: Recipe) -> list[Path]:
+def run_prepare(recipe: Recipe, progress: Progress = SILENT) -> list[Path]:
     """Run the recipe's ``[[prepare]]`` steps whose output does not exist yet; returns the outputs."""
     outputs = []
     for i, step in enumerate(recipe.prepare):
@@ -144,6 +150,7 @@ def run_prepare(recipe: Recipe) -> list[Path]:
             logger.info("prepare[%d] %s: %s exists, skipped", i, step.tool, out)
             continue
         args = dict(step.args)
+        progress.note(f"prepare {step.tool} -> {out.name}")
         t0 = time.perf_counter()
         if step.tool == "pairs":
             from colzero.data.pairs import build_pairs
@@ -284,11 +291,14 @@ def run_recipe(
     evaluate: bool = True,
     show_progress: bool = True,
     log_file: bool = False,
+    progress: Progress = SILENT,
 ) -> RunResult:
     """Validate ``recipe_ref`` (a TOML path or a preset name) and run it into ``run_dir``.
 
     ``log_file=True`` copies colzero's log records (INFO and up) to ``RUN/logs/pipeline.log`` for
-    the duration of the run (rank 0); the library adds no log handler otherwise.
+    the duration of the run (rank 0); the library adds no log handler otherwise. ``progress``
+    (:class:`colzero.progress.Progress`, rank 0) hears the preparation, every phase's steps and
+    every evaluation (the phases then draw no tqdm bar).
 
     Under torchrun every rank calls this: all ranks train each phase together; only rank 0 writes
     the run files, runs the preparation tools and evaluates (on its device), the others wait.
@@ -306,9 +316,11 @@ def run_recipe(
     from colzero.training.distributed import setup
 
     run = _RecipeRun(recipe, run_dir, setup(), evaluate, show_progress)
+    run.progress = progress if run.dist.is_main else SILENT
     run.dist.on_main(run.write_run_files, text, warnings)
+    run.progress.run_started(recipe.name, [p.name for p in recipe.phases])
     with run.log_to_file() if log_file else contextlib.nullcontext():
-        run.dist.on_main(run_prepare, recipe)
+        run.dist.on_main(run_prepare, recipe, run.progress)
         run.dist.on_main(run.evaluate_start)
         runner = phase_runner or run_phase
         for i in range(len(recipe.phases)):
@@ -368,6 +380,7 @@ class _RecipeRun:
         self.evaluation: dict[str, dict[str, dict[str, float]]] = {}
         self.history: list[dict[str, Any]] = []
         self.previous: Path | None = None
+        self.progress: Progress = SILENT
 
     def write_run_files(self, text: str, warnings: list[str]) -> None:
         resolved = self.recipe.model_dump(mode="json")
@@ -417,7 +430,13 @@ class _RecipeRun:
             self.evaluation["start"] = _read_json(path)
         elif _local_path(recipe.model.base) is not None or Path(recipe.model.base).exists():
             scores = evaluate_model(
-                recipe.model.base, recipe, 0, recipe.evaluation.intermediate_datasets, self.dist.device
+                recipe.model.base,
+                recipe,
+                0,
+                recipe.evaluation.intermediate_datasets,
+                self.dist.device,
+                label="start",
+                progress=self.progress,
             )
             self.evaluation["start"] = scores
             _write_json(path, scores)
@@ -434,6 +453,7 @@ class _RecipeRun:
             if (phase_dir / "eval.json").exists():
                 self.evaluation[name] = _read_json(phase_dir / "eval.json")
             logger.info("%s: done, skipped (%s)", name, self.previous)
+            self.progress.phase_finished(p.name, {**self._phase_counters(phase_dir), "skipped": True})
             return {**record, "skipped": True}
         start = _start_for(recipe, i, self.previous)
         declared = _declared_prompts(recipe, start)
@@ -450,7 +470,9 @@ class _RecipeRun:
         cfg = recipe.phase_config(i, model=start, output_dir=phase_dir)
         logger.info("%s: start from %s", name, start)
         t0 = time.perf_counter()
-        final = Path(runner(cfg, resume=True, eval_hook=None, show_progress=self.show_progress))
+        extra = {"progress": self.progress} if self.progress is not SILENT else {}
+        final = Path(runner(cfg, resume=True, eval_hook=None, show_progress=self.show_progress, **extra))
+        self.progress.phase_finished(p.name, {**self._phase_counters(phase_dir), "skipped": False})
         entry = {
             "phase": p.name,
             "stage": p.stage,
@@ -465,13 +487,22 @@ class _RecipeRun:
         self.previous = final
         return record
 
+    @staticmethod
+    def _phase_counters(phase_dir: Path) -> dict[str, Any]:
+        cost = PhaseCost.read(phase_dir)
+        if cost is None:
+            return {}
+        return {"steps": cost.steps, "wall_s": cost.wall_s, "examples": cost.examples}
+
     def _close_phase(self, i: int, final: Path, record: dict[str, Any], t0: float) -> None:
         recipe, name = self.recipe, self.recipe.phase_dir_name(i)
         _record_history(final, record["entry"], self.history)
         last = i == len(recipe.phases) - 1
         if self._evaluates() and recipe.evaluation.each_phase and (last or recipe.phases[i].evaluate):
             subset = None if last else recipe.evaluation.intermediate_datasets
-            self.evaluation[name] = evaluate_model(final, recipe, i, subset, self.dist.device)
+            self.evaluation[name] = evaluate_model(
+                final, recipe, i, subset, self.dist.device, label=name, progress=self.progress
+            )
             _write_json(self.run_dir / name / "eval.json", self.evaluation[name])
         record["wall_time_s"] = time.perf_counter() - t0
         _write_json(self.run_dir / name / DONE, record)

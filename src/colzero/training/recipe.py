@@ -78,11 +78,23 @@ class EvaluationSpec(_Strict):
     intermediate_datasets: list[str] | None = None
 
 
+class PaperNumbers(_Strict):
+    """``paper = {ndcg10, cost, note}``: what the paper published for the run a recipe reproduces,
+    shown beside the plan's projected cost (``colzero train RECIPE --dry-run``)."""
+
+    #: the published BEIR nDCG@10 (x100)
+    ndcg10: float | None = None
+    #: the published training cost, as published (e.g. ``"~408 GH200-h"``)
+    cost: str | None = None
+    note: str | None = None
+
+
 class Recipe(_Strict):
     """A whole training run: model settings + evaluation settings + phases (module docstring)."""
 
     name: str = Field(min_length=1)
     description: str = ""
+    paper: PaperNumbers | None = None
     model: ModelSpec
     allow_prompt_mismatch: bool = False
     prepare: list[PrepareSpec] = Field(default_factory=list)

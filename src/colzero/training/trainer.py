@@ -50,6 +50,7 @@ from colzero.model.config import ColBERTConfig, Role
 from colzero.model.dense import DenseModel
 from colzero.model.encoder import Encoder
 from colzero.model.precision import autocast, resolve_precision
+from colzero.progress import Progress
 from colzero.training import checkpoint as ckpt
 from colzero.training.cost import PhaseCost
 from colzero.training.distributed import Dist, setup
@@ -167,6 +168,7 @@ class PhaseTrainer:
         loss_factory: LossFactory | None = None,
         step_callback: StepCallback | None = None,
         show_progress: bool = True,
+        progress: Progress | None = None,
     ) -> None:
         if not cfg.model or not cfg.output_dir:
             raise ValueError(
@@ -177,6 +179,7 @@ class PhaseTrainer:
         self.out = Path(cfg.output_dir)
         self.final_dir = self.out / "final"
         self.eval_hook, self.step_callback, self.show_progress = eval_hook, step_callback, show_progress
+        self.progress = progress
         self.loss_factory = loss_factory or build_loss
         if cfg.batch_size % self.dist.world:
             raise ValueError(
@@ -316,17 +319,22 @@ class PhaseTrainer:
         self._build()
         self._open_outputs()
         batches = iter(self._loader())
+        progress = self.progress if self.dist.is_main else None
         bar = tqdm(
             total=self.total_steps,
             initial=self.global_step,
             desc=f"train {self.cfg.name}",
-            disable=not (self.dist.is_main and self.show_progress),
+            disable=not (self.dist.is_main and self.show_progress) or progress is not None,
         )
+        if progress is not None:
+            progress.phase_started(self.cfg.name, self.total_steps, self.global_step)
         try:
             while self.global_step < self.total_steps:
                 metrics = self.step(batches)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if progress is not None:
+                    progress.phase_step(self.cfg.name, self.global_step, {**metrics, **self.cost.counters()})
                 self.log(metrics)
                 if self._due(self.cfg.eval_every):
                     self.evaluate()
@@ -566,6 +574,7 @@ def run_phase(
     loss_factory: LossFactory | None = None,
     step_callback: StepCallback | None = None,
     show_progress: bool = True,
+    progress: Progress | None = None,
 ) -> Path:
     """Train one phase and return ``output_dir/final``.
 
@@ -575,6 +584,8 @@ def run_phase(
     runs on rank 0 every ``cfg.eval_every`` optimizer steps and at the end.
     ``loss_factory(model, loss_cfg)`` replaces :func:`build_loss` (tests, custom losses; ``model``
     is the DDP-wrapped model under torchrun); ``step_callback(step, metrics)`` runs after each step.
+    ``progress`` (:class:`colzero.progress.Progress`, rank 0) receives the phase's start and every
+    step in place of the tqdm bar that ``show_progress`` draws otherwise.
     """
     trainer = PhaseTrainer(
         cfg,
@@ -583,5 +594,6 @@ def run_phase(
         loss_factory=loss_factory,
         step_callback=step_callback,
         show_progress=show_progress,
+        progress=progress,
     )
     return trainer.run()
