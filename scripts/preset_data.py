@@ -5,7 +5,8 @@ The ColBERT-Zero data, as the authors' PyLate scripts (``examples/train/ColBERT-
 - phase 1: the 29 splits of ``nomic-ai/nomic-embed-unsupervised-data`` (columns query, document),
   one source per split, drawn in proportion to size;
 - phase 2: the 10 splits of ``nomic-ai/nomic-embed-supervised`` (query, document, negative: a list),
-  ``min(10, shortest list of the split)`` negatives per split;
+  11 negatives per query (the script's ``split_negatives`` keeps one more than its bound
+  ``min(10, shortest list of the split)``), fewer only for a split whose lists are shorter;
 - phase 3: ``lightonai/ms-marco-en-bge-gemma``: config ``train`` (query_id, document_ids, scores),
   texts joined by id from configs ``queries`` (query_id, text) and ``documents`` (document_id, text).
 
@@ -75,16 +76,19 @@ def supervised_block() -> str:
     return f"""[[phases.sources]]
 name = "nomic-supervised"
 # the 10 splits of the hub dataset, as PyLate's ColBERT-zero/supervised.py loads them; each split
-# uses min(10, its shortest negative list) hard negatives per query, as that script does
+# trains with 11 hard negatives per query where the split has them: that script's split_negatives
+# assigns negative_i BEFORE it tests `i >= max_negatives` (bound min(10, shortest list)), so it
+# keeps one more than its bound of 10 (off by one). A split whose shortest list has fewer than 11
+# uses that many here (the script would keep shortest + 1 for the longer rows of such a split)
 path = "nomic-ai/nomic-embed-supervised"
 format = "hf"
 splits = {_list(list(SUPERVISED_ROWS))}
 query = "query"
 positive = "document"
 negatives = "negative"
-max_negatives = 10
+max_negatives = 11
 fewer_negatives = "shortest"
-origin = "Nomic-embed supervised, 10 sources, 1,695,819 rows with up to 10 mined hard negatives"
+origin = "Nomic-embed supervised, 10 sources, 1,695,819 rows with mined hard negatives (11 used per query, the released script's off-by-one)"
 
 [phases.sources.rows]
 # SPEC §3 (rounded)

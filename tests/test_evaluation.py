@@ -298,3 +298,21 @@ def test_cli_smoke(tmp_path, capsys):
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert 0.0 <= data["scores"]["tiny-colbert"]["set"]["ndcg@10"] <= 1.0
     assert main(["evaluate", str(model_dir), "--datasets", str(tmp_path / "absent")]) == 2  # bad input
+
+
+def test_cli_as_the_authors_ran_it(tmp_path, capsys):
+    """``--query-lengths colbert-zero --search index``: per-dataset query lengths, PLAID search, both
+    reported per dataset."""
+    from colzero.cli.main import main
+
+    root = write_beir(tmp_path / "scifact")  # named as a dataset of the preset (48 query tokens)
+    model_dir = make_colbert().save(tmp_path / "tiny-colbert")
+    args = ["evaluate", str(model_dir), "--datasets", str(root), "--cache-dir", str(tmp_path / "cache")]
+    extra = ["--query-lengths", "colbert-zero", "--search", "index", "--no-plots"]
+    assert main([*args, *extra, "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "scifact: index search, query length 48 (colbert-zero preset)" in out
+    used = json.loads((tmp_path / "out" / "results.json").read_text())["settings"]["scifact"]
+    assert used["search"] == "index" and used["query_tokens"] == used["query_length"] == 48
+    assert main([*args, "--no-plots", "--output", str(tmp_path / "exact")]) == 0
+    assert "scifact: exact search, query length 16 (the model's own)" in capsys.readouterr().out

@@ -327,7 +327,7 @@ def test_grid_errors_name_the_key(tmp_path):
         )
 
 
-@pytest.mark.parametrize(("name", "unique"), [("paper-routes-cpu", 26), ("paper-routes", 11)])
+@pytest.mark.parametrize(("name", "unique"), [("paper-routes-cpu", 54), ("paper-routes", 16)])
 def test_presets_plan_offline(tmp_path, name, unique):
     grid = load_grid(name)
     plan = build_plan(grid, tmp_path / name)
@@ -335,11 +335,36 @@ def test_presets_plan_offline(tmp_path, name, unique):
     assert {r.name for r in grid.routes} == {
         "colbert-zero",
         "colbert-zero-noprompts",
+        "colbert-zero-noprompts-long",
         "prompts-misaligned",
+        "prompts-misaligned-reverse",
         "dense",
         "dense-supervised-kd",
         "dense-kd-only",
     }
+    # prompts and extra length apart, misalignment both ways: each a finding
+    pairs = {f.id: (f.better, f.worse) for f in grid.findings}
+    assert pairs["prompts-help"] == ("colbert-zero", "colbert-zero-noprompts-long")
+    assert pairs["extra-length-helps"] == ("colbert-zero-noprompts-long", "colbert-zero-noprompts")
+    assert pairs["prompts-must-be-aligned"] == ("colbert-zero", "prompts-misaligned")
+    assert pairs["prompts-must-be-aligned-reverse"] == (
+        "colbert-zero-noprompts",
+        "prompts-misaligned-reverse",
+    )
+    first = grid.seeds[0]
+    long, short = plan.run("colbert-zero-noprompts-long", first), plan.run("colbert-zero-noprompts", first)
+    for key_long, key_short in zip(long.chain, short.chain, strict=True):
+        a, b = plan.nodes[key_long], plan.nodes[key_short]
+        assert a.prompts == b.prompts == {}
+        settings = a.recipe.settings_for(0)
+        assert settings["query_length"] == b.recipe.settings_for(0)["query_length"] + 7
+        assert settings["document_length"] == b.recipe.settings_for(0)["document_length"] + 7
+    reverse = plan.run("prompts-misaligned-reverse", first)
+    assert plan.nodes[reverse.chain[0]].prompts == PROMPTS and plan.nodes[reverse.chain[1]].prompts == {}
+    assert reverse.chain[0] == plan.run("colbert-zero", first).chain[0]  # shared pre-training
+    for node in plan.nodes.values():  # the released code's gradient scale in every contrastive phase
+        loss = node.recipe.phases[0].loss
+        assert loss.kind == "distillation" or loss.loss_scale == "pylate", node.label
     text = describe_plan(plan)
     assert f"to train: {unique} of {unique} phases" in text
     names = [d.name for d in grid.evaluation.datasets]
@@ -352,6 +377,16 @@ def test_presets_plan_offline(tmp_path, name, unique):
         # one teacher scoring / pair building for every route and seed
         kd = {s["output"] for n in plan.nodes.values() for s in n.data["prepare"] if s["tool"] == "score"}
         assert len(kd) == 1
+        assert len(grid.seeds) == 3
+    else:
+        # the dense start carries its prompts: declared, shown, applied when evaluated as it is
+        assert grid.starts["dense"].prompts == PROMPTS
+        assert plan.run("dense", first).eval_settings == {"prompts": PROMPTS}
+        assert (
+            "ModernBERT-embed (dense) [prompts query='search_query: ', document='search_document: ']" in text
+        )
+        for route in ("dense-supervised-kd", "dense-kd-only"):  # the guard's truth for their first phase
+            assert plan.nodes[plan.run(route, first).chain[0]].data["model"]["base_prompts"] == PROMPTS
 
 
 def test_cli_dry_run(tmp_path, capsys):
@@ -359,8 +394,112 @@ def test_cli_dry_run(tmp_path, capsys):
 
     assert main(["experiment", "paper-routes-cpu", "--dry-run", "-o", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
-    assert "ColBERT-Zero" in out and "to train: 26 of 26" in out
+    assert "ColBERT-Zero" in out and "to train: 54 of 54" in out
+    assert "prompts misaligned (dropped)" in out and "no prompts, extra length" in out
     assert not (tmp_path / "e").exists()  # a dry run writes nothing
+    assert main(["experiment", "paper-routes", "--dry-run", "-o", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert "ColBERT-Zero, no prompts, extra length (colbert-zero-noprompts-long)" in out
+    assert "prompts misaligned (dropped) (prompts-misaligned-reverse)" in out
+    assert (
+        "ModernBERT-embed (dense) [prompts query='search_query: ', document='search_document: '] -> (no training)"
+        in out
+    )
+
+
+# ---------------------------------------------------------------------- declared start settings
+def saved_without_prompts(root: Path) -> Path:
+    """A dense model saved as sentence-transformers with empty prompts (as ModernBERT-embed)."""
+    folder = make_dense("bert", max_length=32).save(root / "dense-start")
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    assert not any((config.get("prompts") or {}).values())
+    return folder
+
+
+def start_grid(world: dict[str, Path], start: Path, declared: str, phases: str = "[]") -> str:
+    return f"""
+name = "starts"
+seeds = [1]
+reference = "dense"
+[starts.dense]
+path = "{start}"
+{declared}
+[recipes.cb]
+recipe = "{world["recipe"]}"
+[[routes]]
+name = "dense"
+start = "dense"
+phases = []
+[[routes]]
+name = "kd"
+start = "dense"
+phases = {phases}
+[[evaluation.datasets]]
+name = "tiny-beir"
+path = "{world["beir"]}"
+[statistics]
+n_resamples = 200
+"""
+
+
+def test_dense_start_is_evaluated_with_its_declared_prompts(tmp_path):
+    """A start evaluated as it is gets the prompts its grid entry declares, not its saved (empty) ones."""
+    from colzero.evaluation import RetrievalSettings, compute_metrics, load_dataset, retrieve
+    from colzero.model.loading import load_model
+
+    world = tiny_world(tmp_path / "world")
+    start = saved_without_prompts(tmp_path)
+    declared = 'prompts = { query = "search_query: ", document = "search_document: " }\nquery_length = 12'
+    grid = write_grid(tmp_path, start_grid(world, start, declared))
+    run_experiment(grid, tmp_path / "exp", show_progress=False)
+    plan = build_plan(load_grid(grid), tmp_path / "exp")
+    assert "[prompts query='search_query: ', document='search_document: '; query_length 12]" in describe_plan(
+        plan
+    )
+    (task,) = plan.evals_of(plan.run("dense", 1))
+    record = json.loads(task.file.read_text())
+    used = record["settings"]
+    assert used["query_prompt"] == "search_query: " and used["document_prompt"] == "search_document: "
+    assert used["query_tokens"] == 12 and used["query_prompt_used"] == "search_query: "
+    model, ds = load_model(start), load_dataset(world["beir"])
+    direct = RetrievalSettings(
+        query_prompt="search_query: ", document_prompt="search_document: ", query_length=12
+    )
+    want = compute_metrics(ds.qrels, retrieve(model, ds, direct).run, ["ndcg@10"], per_query=True)["ndcg@10"]
+    assert record["per_query"]["ndcg@10"] == pytest.approx(want)
+    # the declaration is part of the start's key: the same folder without it is another model
+    bare = build_plan(parse_grid(start_grid(world, start, "")), tmp_path / "exp")
+    assert bare.run("dense", 1).model_key != plan.run("dense", 1).model_key
+    assert bare.run("dense", 1).eval_settings == {}
+
+
+def test_local_start_with_empty_saved_prompts_passes_the_guard_when_declared(tmp_path):
+    """The dense start's local copy: its saved config says no prompts; the declaration wins."""
+    from colzero.training.pipeline import run_recipe
+    from colzero.training.prompts import PromptMismatchError
+
+    world = tiny_world(tmp_path / "world")
+    start = saved_without_prompts(tmp_path)
+    phases = '["cb:supervised"]'
+    # undeclared: the plan builds (it reads no model), the phase's guard refuses the empty saved prompts
+    plan = build_plan(parse_grid(start_grid(world, start, "", phases)), tmp_path / "a")
+    node = plan.nodes[plan.run("kd", 1).chain[0]]
+    node.recipe_file.parent.mkdir(parents=True)
+    node.recipe_file.write_text(node.recipe_text())
+    with pytest.raises(PromptMismatchError, match="no prompts"):
+        run_recipe(node.recipe_file, node.dir, dry_run=True)
+    # declared: the node's recipe carries them and the guard passes
+    declared = 'prompts = { query = "search_query: ", document = "search_document: " }'
+    plan = build_plan(parse_grid(start_grid(world, start, declared, phases)), tmp_path / "b")
+    node = plan.nodes[plan.run("kd", 1).chain[0]]
+    assert node.data["model"]["base_prompts"] == PROMPTS
+    node.recipe_file.parent.mkdir(parents=True)
+    node.recipe_file.write_text(node.recipe_text())
+    run_recipe(node.recipe_file, node.dir, dry_run=True)
+    # declared prompts that differ from the phase's are refused when the plan is built
+    other = 'prompts = { query = "query: " }'
+    with pytest.raises(GridError, match="differ from those starts.dense declares"):
+        build_plan(parse_grid(start_grid(world, start, other, phases)), tmp_path / "c")
 
 
 # ---------------------------------------------------------------------- running
@@ -385,6 +524,19 @@ def test_each_phase_trains_once_and_rerun_does_nothing(tmp_path):
     assert results["findings"][0]["verdict"] in {"reproduced", "not reproduced", "inconclusive at this scale"}
     assert (tmp_path / "exp" / "report" / "quality_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "exp" / ".lock").exists()
+    # one clipping row per (phase, start): every step's pre-clip norm counted, the clip at 1.0
+    clipping = {(r["phase"], r["from"]): r for r in results["clipping"]}
+    assert len(clipping) == 6 and all(
+        r["steps"] == 2 and r["max_grad_norm"] == 1.0 for r in clipping.values()
+    )
+    assert clipping[("cb:supervised", "cb-np:unsupervised")]["loss"] == "contrastive"
+    assert clipping[("cb:unsupervised", world["mlm"].name)]["loss_scale"] == "mean"
+    for r in clipping.values():
+        assert 0 <= r["clipped_steps"] <= 2 and r["clipped_fraction"] == r["clipped_steps"] / 2
+        assert r["grad_norm_mean"] > 0
+    assert (
+        "## Gradient norm and clipping per phase" in (tmp_path / "exp" / "report" / "report.md").read_text()
+    )
     stamps = {p: p.stat().st_mtime_ns for p in evals}
     calls.clear()
     again = run_experiment(grid, tmp_path / "exp", phase_runner=counting_runner(calls), show_progress=False)

@@ -70,3 +70,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _gloo_rank(rank: int, world: int, port: int, job, out: str, test_dir: str) -> None:
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    sys.path.insert(0, test_dir)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = job(rank, world)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_gloo_ranks(job, world: int, out_dir) -> object:
+    """Run ``job(rank, world)`` (a module-level function) in ``world`` gloo processes on the CPU;
+    returns rank 0's result."""
+    import socket
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(Path(out_dir) / "rank0.pt")
+    mp.spawn(_gloo_rank, args=(world, port, job, out, str(Path(__file__).parent)), nprocs=world, join=True)
+    return torch.load(out, weights_only=False)

@@ -115,3 +115,29 @@ def test_pipeline_refuses_mismatched_recipe(tmp_path):
         run_recipe(f, tmp_path / "run", dry_run=True)
     f.write_text(f.read_text().replace('name = "mini"', 'name = "mini"\nallow_prompt_mismatch = true'))
     run_recipe(f, tmp_path / "run", dry_run=True)
+
+
+def test_declared_base_prompts_win_over_an_empty_saved_config(tmp_path):
+    """A local copy of a model saved with empty prompts (as nomic-ai/modernbert-embed-base) starts
+    a prompted phase when ``[model] base_prompts`` declares what it was trained with."""
+    from colzero.training.pipeline import run_recipe
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "modules.json").write_text("[]")
+    (model / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {}}))
+    f = tmp_path / "r.toml"
+    f.write_text(MINI.format(base=model, tau=0.2))
+    with pytest.raises(PromptMismatchError, match="no prompts"):
+        run_recipe(f, tmp_path / "run", dry_run=True)
+    declared = 'base_prompts = { query = "search_query: ", document = "search_document: " }'
+    f.write_text(MINI.format(base=model, tau=0.2).replace("[model]\n", f"[model]\n{declared}\n"))
+    run_recipe(f, tmp_path / "run", dry_run=True)
+    assert check_alignment(model, {"query": "q: "}, declared={"query": "q: ", "document": ""}) is None
+    with pytest.raises(PromptMismatchError, match=r"\(declared\)"):
+        check_alignment(model, {}, declared={"query": "q: "})
+    # a hub name is checked against its declaration too (nothing to read before training)
+    hub = MINI.format(base="org/model", tau=0.2).replace("[model]\n", "[model]\nbase_prompts = {}\n")
+    f.write_text(hub)
+    with pytest.raises(PromptMismatchError):
+        run_recipe(f, tmp_path / "run2", dry_run=True)

@@ -87,8 +87,17 @@ def test_preset_matches_spec(name):
             (0.9, 0.999),
             1e-8,
         )
+        if phase.loss.kind in ("contrastive", "cached_contrastive"):
+            # SPEC section 3: the released code's gradient scale (global sum / world size x mean)
+            assert phase.loss.loss_scale == "pylate"
         if phase.stage == "supervised":
-            assert phase.loss.n_negatives == 10 and all(s.max_negatives == 10 for s in phase.sources)
+            # SPEC section 3: split_negatives keeps one more than its bound of 10
+            used = re.search(r"train with ([0-9]+)", rows["data"][col])
+            assert used, rows["data"][col]
+            n = int(used.group(1))
+            assert (
+                n == 11 and phase.loss.n_negatives == n and all(s.max_negatives == n for s in phase.sources)
+            )
             assert sum(len(s.splits) for s in phase.sources) == 10  # one source per split
         if phase.stage == "unsupervised":
             assert phase.sources[0].path == "nomic-ai/nomic-embed-unsupervised-data"

@@ -132,3 +132,23 @@ def test_eval_hook_and_real_contrastive_loss(setup):
     assert seen == [2, 3]
     lines = [json.loads(x) for x in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/ndcg@10" in x for x in lines)
+
+
+@pytest.mark.parametrize("max_norm", [1e-6, 1e6])
+def test_cost_records_pre_clip_norm_and_clipped_steps(setup, max_norm):
+    """cost.json counts the steps whose pre-clip norm (metrics.jsonl's grad_norm) exceeded the clip."""
+    cfg = setup(f"clip-{max_norm}", epochs=1, max_steps=3, save_every=None)
+    cfg.optim = OptimConfig(learning_rate=1e-3, max_grad_norm=max_norm)
+    final = run_phase(cfg, loss_factory=InBatchLoss, show_progress=False)
+    cost = json.loads((final.parent / "cost.json").read_text())
+    norms = [json.loads(x)["grad_norm"] for x in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert cost["grad_norm_steps"] == 3 == len(norms)
+    assert cost["clipped_steps"] == sum(n > max_norm for n in norms) == (3 if max_norm < 1 else 0)
+    assert cost["clipped_fraction"] == cost["clipped_steps"] / 3 and cost["max_grad_norm"] == max_norm
+    assert cost["grad_norm_mean"] == pytest.approx(sum(norms) / 3)
+    assert cost["grad_norm_first"] == pytest.approx(norms[0]) and cost["grad_norm_last"] == pytest.approx(
+        norms[-1]
+    )
+    assert cost["grad_norm_min"] == pytest.approx(min(norms)) and cost["grad_norm_max"] == pytest.approx(
+        max(norms)
+    )

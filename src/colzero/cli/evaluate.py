@@ -1,4 +1,4 @@
-"""``colzero evaluate MODEL... --datasets PATH...``: exact-search BEIR evaluation and reports."""
+"""``colzero evaluate MODEL... --datasets PATH...``: BEIR evaluation (exact or index search) and reports."""
 
 from __future__ import annotations
 
@@ -35,7 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help='JSON of per-dataset overrides, e.g. \'{"arguana": {"query_length": 64}}\'',
     )
-    p.add_argument("--preset", choices=["colbert-zero"], default=None, help="per-dataset query lengths")
+    p.add_argument(
+        "--query-lengths",
+        "--preset",
+        dest="preset",
+        choices=["colbert-zero"],
+        default=None,
+        help="per-dataset query lengths of a preset (colbert-zero: 48 for SciFact, TREC-COVID, SCIDOCS; "
+        "64 for ArguAna, ClimateFEVER), where --query-length / --per-dataset set none",
+    )
+    p.add_argument(
+        "--search",
+        choices=["exact", "index"],
+        default="exact",
+        help="exact search, or search through a PLAID index built per model and dataset (ColBERT "
+        "models; dense models stay exact). The authors' published numbers use PLAID",
+    )
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="--search index: centroids probed per query token"
+    )
+    p.add_argument("--ncandidates", type=int, default=None, help="--search index: candidates scored exactly")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument(
@@ -68,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         show_progress=args.progress,
     )
     per_dataset = json.loads(args.per_dataset) if args.per_dataset else None
+    retriever = None
+    if args.search == "index":
+        from colzero.index.retrieval import IndexEvaluation, IndexRetriever
+
+        retriever = IndexRetriever(IndexEvaluation(nprobe=args.nprobe, ncandidates=args.ncandidates))
     console = get_console()
     with run_view(console, "colzero evaluate", enabled=not args.progress) as view:
         results = evaluate(
@@ -81,6 +105,22 @@ def run(args: argparse.Namespace) -> int:
             plots=not args.no_plots,
             device=args.device,
             progress=view,
+            retriever=retriever,
+        )
+    lengths = (
+        "--query-length"
+        if args.query_length
+        else f"{args.preset} preset"
+        if args.preset
+        else "the model's own"
+    )
+    for name, used in results.settings.items():  # how each dataset was searched
+        console.print(
+            f"{name}: {used['search']} search, query length {used['query_tokens']} ({lengths}), "
+            f"document length {used['document_tokens']}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
         )
     console.print(metrics_table(results.scores, results.metrics))
     console.print("wrote " + ", ".join(results.files.values()), soft_wrap=True, markup=False)

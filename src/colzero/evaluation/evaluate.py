@@ -15,7 +15,13 @@ from typing import Any
 from colzero.data.datasets import RetrievalDataset, load_dataset
 from colzero.evaluation.metrics import DEFAULT_METRICS, MAIN_METRIC, compute_metrics
 from colzero.evaluation.report import bar_charts, markdown, text_table
-from colzero.evaluation.retrieval import RetrievalSettings, preset_settings, retrieve
+from colzero.evaluation.retrieval import (
+    RetrievalOutput,
+    RetrievalSettings,
+    effective_length,
+    preset_settings,
+    retrieve,
+)
 from colzero.model.encoder import Encoder
 from colzero.progress import SILENT, Progress
 
@@ -24,6 +30,10 @@ logger = logging.getLogger(__name__)
 #: a model, or a folder / hub name to load one from
 ModelLike = Encoder | str | os.PathLike[str]
 DatasetLike = RetrievalDataset | str | os.PathLike[str]
+#: ``retriever(model, dataset, settings) -> RetrievalOutput``: exact search (:func:`retrieve`) by
+#: default; ``colzero.index.retrieval.IndexRetriever`` searches through a PLAID index. Its
+#: ``name`` and ``options`` attributes, when present, are recorded with the settings.
+Retriever = Callable[[Encoder, RetrievalDataset, RetrievalSettings], RetrievalOutput]
 
 
 @dataclass
@@ -103,14 +113,18 @@ def evaluate(
     plots: bool = True,
     device: str | None = None,
     progress: Progress = SILENT,
+    retriever: Retriever | None = None,
     **setting_overrides: Any,
 ) -> EvaluationResults:
-    """Evaluate each model on each dataset with exact search.
+    """Evaluate each model on each dataset with exact search (or ``retriever``).
 
     ``settings`` (or keyword overrides such as ``k=100, query_length=48, use_cache=False``) apply
     to all datasets; ``per_dataset[name]`` overrides per dataset (e.g. ``{"arguana":
     {"query_length": 64}}``); ``preset="colbert-zero"`` fills SPEC section 4 query lengths where
     nothing else set one. Models may be objects or paths (loaded with :func:`colzero.load_model`).
+    ``retriever`` replaces exact search (e.g. ``colzero.index.retrieval.IndexRetriever()``, PLAID
+    search as the authors' published numbers). The settings of each dataset record the search and
+    the query / document lengths actually used (``query_tokens``, ``document_tokens``).
     ``progress`` (:class:`colzero.progress.Progress`) hears each (model, dataset) start and result.
 
     Example (``model`` is any ColBERT or DenseModel; datasets may be BEIR folders or names):
@@ -154,7 +168,7 @@ def evaluate(
             s = preset_settings(s, ds.name, preset)
             progress.evaluation_started(label, ds.name)
             t0 = time.perf_counter()
-            out = retrieve(model, ds, s)
+            out = (retriever or retrieve)(model, ds, s)
             t1 = time.perf_counter()
             scores[label][ds.name] = compute_metrics(ds.qrels, out.run, metrics)
             timings[label][ds.name] = {
@@ -166,6 +180,10 @@ def evaluate(
             used_settings[ds.name] = {
                 k: v for k, v in dataclasses.asdict(s).items() if k not in ("cache_dir", "show_progress")
             } | {
+                "search": getattr(retriever, "name", "custom") if retriever is not None else "exact",
+                **({"search_options": getattr(retriever, "options", None)} if retriever is not None else {}),
+                "query_tokens": effective_length(model, "query", s),
+                "document_tokens": effective_length(model, "document", s),
                 "queries": len(ds.query_ids),
                 "documents": len(ds.corpus_ids),
                 "dropped_qrels": ds.dropped_qrels,

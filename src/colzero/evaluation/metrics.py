@@ -62,7 +62,7 @@ def compute_metrics(
     qrels_obj = Qrels.from_dict(q)
     run_obj = Run.from_dict(r)
     scores = evaluate(qrels_obj, run_obj, list(metrics), return_mean=not per_query, make_comparable=True)
-    if isinstance(scores, float | np.floating):
+    if not isinstance(scores, dict):  # one metric: ranx returns its mean, or its per-query array
         scores = {metrics[0]: scores}
     if per_query:
         qids = list(qrels_obj.keys())

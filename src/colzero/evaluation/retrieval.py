@@ -171,6 +171,12 @@ def _encode(model: Encoder, texts: list[str], role: Role, settings: RetrievalSet
         )
 
 
+def query_vectors(model: Encoder, texts: list[str], settings: RetrievalSettings) -> list[torch.Tensor]:
+    """Each query's token matrix (ColBERT) as the searches score it: the settings' query length
+    and prompt, every position kept (query expansion included)."""
+    return _encode(model, texts, "query", settings, output="list")
+
+
 # ---------------------------------------------------------------------- corpus cache
 
 

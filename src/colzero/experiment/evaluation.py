@@ -1,10 +1,16 @@
 """Per-query evaluation of one model on the grid's datasets, cached as JSON per (model, dataset).
 
 Every route's model goes through the same code: :func:`colzero.evaluation.load_dataset`, the
-grid's query subset and relevance rule, exact search with :func:`colzero.evaluation.retrieve`
-(the model's own lengths and prompts unless the dataset entry sets lengths), and
-:func:`colzero.evaluation.compute_metrics` with ``per_query=True`` (ranx; BEIR / pytrec_eval
-semantics). The cache file holds the per-query values the statistics need.
+grid's query subset and relevance rule, exact search with :func:`colzero.evaluation.retrieve` or,
+with ``[evaluation] search = "index"``, search through a PLAID index
+(:class:`colzero.index.retrieval.IndexRetriever`), and :func:`colzero.evaluation.compute_metrics`
+with ``per_query=True`` (ranx; BEIR / pytrec_eval semantics). The cache file holds the per-query
+values the statistics need.
+
+Lengths and prompts, the first that is set wins: the dataset entry's ``query_length`` /
+``document_length``; the ``[evaluation] query_lengths`` preset (per-dataset query lengths, e.g.
+``"colbert-zero"``); a grid start's declared ``prompts`` / lengths (a start evaluated as it is,
+e.g. the dense baseline whose saved config has no prompts); the model's own.
 """
 
 from __future__ import annotations
@@ -56,18 +62,40 @@ def prepare_dataset(ds: RetrievalDataset, spec: DatasetSpec) -> RetrievalDataset
     return out
 
 
-def retrieval_settings(spec: DatasetSpec, ev: EvaluationSpec, show_progress: bool = False):
+def retrieval_settings(
+    spec: DatasetSpec,
+    ev: EvaluationSpec,
+    show_progress: bool = False,
+    model_settings: dict[str, Any] | None = None,
+):
+    """The search settings of one dataset (lengths and prompts as the module docstring orders them)."""
     from colzero.evaluation import RetrievalSettings
+    from colzero.evaluation.retrieval import preset_settings
 
-    return RetrievalSettings(
-        k=ev.k,
-        query_length=spec.query_length,
-        document_length=spec.document_length,
-        batch_size=ev.batch_size,
-        remove_self_hits=not spec.keep_self_hits,
-        use_cache=False,  # every model is evaluated once; a corpus cache would only fill the disk
-        show_progress=show_progress,
+    declared = model_settings or {}
+    settings = preset_settings(
+        RetrievalSettings(
+            k=ev.k,
+            query_length=spec.query_length,
+            document_length=spec.document_length,
+            batch_size=ev.batch_size,
+            remove_self_hits=not spec.keep_self_hits,
+            use_cache=False,  # every model is evaluated once; a corpus cache would only fill the disk
+            show_progress=show_progress,
+        ),
+        spec.name,
+        ev.query_lengths,
     )
+    settings = settings.replace(
+        query_length=settings.query_length or declared.get("query_length"),
+        document_length=settings.document_length or declared.get("document_length"),
+    )
+    if "prompts" in declared:  # declared: applied as given ("" = none), not the saved config's
+        prompts = declared["prompts"]
+        settings = dataclasses.replace(
+            settings, query_prompt=prompts.get("query", ""), document_prompt=prompts.get("document", "")
+        )
+    return settings
 
 
 def evaluate_model(
@@ -77,13 +105,22 @@ def evaluate_model(
     *,
     model_key: str,
     show_progress: bool = False,
+    model_settings: dict[str, Any] | None = None,
     progress: Progress = SILENT,
     label: str | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate ``model_path`` on every (dataset, cache file) not cached yet; returns the records.
-    ``progress`` hears each dataset's start and result, the model named ``label`` (default its key)."""
+    ``model_settings``: a start's declared prompts / lengths (module docstring); ``progress`` hears
+    each dataset's start and result, the model named ``label`` (default its key)."""
     from colzero.evaluation import compute_metrics, load_dataset, retrieve
+    from colzero.evaluation.retrieval import effective_length
     from colzero.model.loading import load_model
+
+    search: Any = retrieve
+    if ev.search == "index":
+        from colzero.index.retrieval import IndexRetriever
+
+        search = IndexRetriever()
 
     todo = [(spec, file) for spec, file in tasks if not file.is_file()]
     records = [json.loads(file.read_text(encoding="utf-8")) for _, file in tasks if file.is_file()]
@@ -96,9 +133,9 @@ def evaluate_model(
         progress.evaluation_started(label or model_key, spec.name)
         t0 = time.perf_counter()
         ds = prepare_dataset(load_dataset(spec.path, split=spec.split), spec)
-        settings = retrieval_settings(spec, ev, show_progress)
+        settings = retrieval_settings(spec, ev, show_progress, model_settings)
         t1 = time.perf_counter()
-        out = retrieve(model, ds, settings)
+        out = search(model, ds, settings)
         t2 = time.perf_counter()
         per_query = compute_metrics(ds.qrels, out.run, METRICS, per_query=True)
         timings = {"dataset_load_s": t1 - t0, **out.timings, "metrics_s": time.perf_counter() - t2}
@@ -120,6 +157,18 @@ def evaluate_model(
                 "max_queries": spec.max_queries,
                 "query_sample_seed": spec.query_sample_seed,
                 "max_documents": spec.max_documents,
+                "search": ev.search
+                if not out.timings.get("exact_search_fallback")
+                else "exact (dense model)",
+                "query_lengths": ev.query_lengths,
+                "query_tokens": effective_length(model, "query", settings),
+                "document_tokens": effective_length(model, "document", settings),
+                "query_prompt_used": settings.query_prompt
+                if settings.query_prompt is not None
+                else model.config.prompt_for("query"),
+                "document_prompt_used": settings.document_prompt
+                if settings.document_prompt is not None
+                else model.config.prompt_for("document"),
             },
             "metrics": {m: sum(v.values()) / len(v) for m, v in per_query.items()},
             "per_query": per_query,

@@ -3,7 +3,9 @@
 A grid file (TOML) holds::
 
     name, description, notes, seeds = [42, 43], reference = "<route>"   # tested against
-    [starts.<id>]          path = "..." (model folder or hub name), label
+    [starts.<id>]          path = "..." (model folder or hub name), label, prompts = {query, document}
+                           and query_length / document_length (explicit: they win over the saved
+                           config when the model is evaluated as it is and in the prompt guard)
     [recipes.<id>]         recipe = "<preset or .toml>" and how to adapt it:
                            type = "colbert"|"dense", settings = {...} (REPLACES model.settings),
                            overrides = {...} (merged into the recipe, colzero.training.recipe.merge),
@@ -14,6 +16,8 @@ A grid file (TOML) holds::
                            final model, same seed), phases = ["<recipe id>:<phase name>" | {use =
                            "...", prompts = {...}, model_settings = {...}, overrides = {...},
                            allow_prompt_mismatch = true}], paper = {ndcg10, cost, note}
+    [evaluation]           batch_size, k, query_lengths = "colbert-zero" (per-dataset query lengths),
+                           search = "exact" | "index"
     [[evaluation.datasets]] name, path, split, max_queries + query_sample_seed (a fixed random
                            query subset), keep_self_hits, graded / min_grade, query_length,
                            document_length, note
@@ -50,6 +54,24 @@ class _Strict(BaseModel):
 class StartSpec(_Strict):
     path: str = Field(min_length=1)
     label: str | None = None
+    #: the prompts the model was trained with (explicit settings win over its saved config, e.g.
+    #: a sentence-transformers config saved with empty prompts): applied when the model is
+    #: evaluated as it is, and the truth for the prompt guard of the phases that start from it
+    prompts: dict[str, str] | None = None
+    #: token lengths to evaluate the model with as it is (None: its own)
+    query_length: int | None = Field(default=None, ge=2)
+    document_length: int | None = Field(default=None, ge=2)
+
+    def declared(self) -> dict[str, Any]:
+        """The explicit settings (prompts, lengths) this entry declares."""
+        out: dict[str, Any] = {}
+        if self.prompts is not None:  # query first, then document, then any other role
+            order = sorted(self.prompts, key=lambda k: ({"query": 0, "document": 1}.get(k, 2), k))
+            out["prompts"] = {k: self.prompts[k] for k in order if self.prompts[k]}
+        for key in ("query_length", "document_length"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 class RecipeSpec(_Strict):
@@ -128,6 +150,30 @@ class EvaluationSpec(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     batch_size: int = Field(default=64, ge=1)
     k: int = Field(default=100, ge=10)
+    #: per-dataset query lengths from a preset (``"colbert-zero"``: SPEC section 4, as the authors'
+    #: published per-dataset numbers); a dataset's own ``query_length`` wins; None: the model's own
+    query_lengths: str | None = None
+    #: ``"exact"`` search, or ``"index"``: through a PLAID index built per model and dataset
+    #: (``colzero.index``; the authors' published numbers use PLAID), ColBERT models only
+    search: Literal["exact", "index"] = "exact"
+
+    @field_validator("query_lengths")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        from colzero.evaluation.retrieval import QUERY_LENGTH_PRESETS
+
+        if value is not None and value not in QUERY_LENGTH_PRESETS:
+            raise ValueError(f"unknown query-length preset {value!r}; known: {sorted(QUERY_LENGTH_PRESETS)}")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The settings that change every score (part of each evaluation's cache key when set)."""
+        out: dict[str, Any] = {}
+        if self.query_lengths is not None:
+            out["query_lengths"] = self.query_lengths
+        if self.search != "exact":
+            out["search"] = self.search
+        return out
 
     @model_validator(mode="after")
     def _unique(self) -> EvaluationSpec:

@@ -240,6 +240,9 @@ class RouteRun:
     lineage: list[str]
     model_key: str
     model_path: str
+    #: how the model is evaluated when it is a grid start as it is (its declared prompts and
+    #: lengths); empty for trained models, which carry their own
+    eval_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -253,6 +256,8 @@ class EvalTask:
     dataset: DatasetSpec
     file: Path
     users: list[str] = field(default_factory=list)
+    #: prompts / lengths to evaluate with (RouteRun.eval_settings)
+    model_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -281,9 +286,16 @@ class Plan:
         return sum(len(r.lineage) for r in self.runs)
 
 
-def dataset_key(spec: DatasetSpec, norm: PathNormalizer) -> str:
+def dataset_key(spec: DatasetSpec, norm: PathNormalizer, options: dict[str, Any] | None = None) -> str:
+    """The evaluation file's key: the dataset entry, plus the grid's non-default evaluation
+    options (``EvaluationSpec.options``: query-length preset, index search)."""
     fields = spec.model_dump(exclude={"name", "note"})
-    return short_hash(norm(fields), 10)
+    return short_hash(norm({**fields, **options} if options else fields), 10)
+
+
+def start_model_key(path: str, declared: dict[str, Any], norm: PathNormalizer) -> str:
+    """A grid start's key: its path, and its declared prompts / lengths when it has any."""
+    return "start-" + short_hash(norm({"path": path, **declared}) if declared else norm(path), 12)
 
 
 def _node(
@@ -296,6 +308,7 @@ def _node(
     parent: str | None,
     exp_dir: Path,
     norm: PathNormalizer,
+    start_prompts: dict[str, str] | None = None,
 ) -> PhaseNode:
     phase = base.phase(ref.phase)
     phase.pop("model", None)  # the route decides where a phase starts
@@ -306,7 +319,9 @@ def _node(
     if ref.prompts is not None:
         phase["model_settings"] = {**phase.get("model_settings", {}), "prompts": dict(ref.prompts)}
     steps = _needed_steps(base.data.get("prepare", []), phase)
-    model = {k: v for k, v in base.data["model"].items() if k != "description"}
+    model = {k: v for k, v in base.data["model"].items() if k not in ("description", "base_prompts")}
+    if start_prompts is not None:  # the start's declared prompts: the truth for the prompt guard
+        model["base_prompts"] = dict(start_prompts)
     data = {
         "name": "experiment-phase",
         "model": {**model, "base": start},
@@ -373,17 +388,32 @@ def build_plan(grid: Grid, exp_dir: str | Path) -> Plan:
         for route in grid.route_order():
             if route.start.startswith("route:"):
                 before = finals[(route.start[6:], seed)]
-                start, start_key = before.model_path, before.model_key
+                start, key_of_start = before.model_path, before.model_key
                 parent = before.lineage[-1] if before.lineage else None
                 lineage = list(before.lineage)
             else:
-                start = grid.starts[route.start].path
-                start_key = "start-" + short_hash(norm(start), 12)
+                spec = grid.starts[route.start]
+                start, declared = spec.path, spec.declared()
+                key_of_start = start_model_key(start, declared, norm)
                 parent, lineage = None, []
             chain: list[str] = []
-            model_path, model_key = start, start_key
+            model_path, model_key = start, key_of_start
             for j, ref in enumerate(route.phases):
-                node = _node(grid, bases[ref.recipe], ref, seed, model_path, model_key, parent, exp, norm)
+                from_start = (
+                    None if route.start.startswith("route:") or j else grid.starts[route.start].prompts
+                )
+                node = _node(
+                    grid, bases[ref.recipe], ref, seed, model_path, model_key, parent, exp, norm, from_start
+                )
+                if from_start is not None and not ref.allow_prompt_mismatch:
+                    declared_prompts = _plain_prompts(from_start)
+                    if declared_prompts != node.prompts:
+                        raise GridError(
+                            f"grid {grid.name!r}: routes {route.name!r} phases[0] ({ref.use}): prompts "
+                            f"{node.prompts or 'none'} differ from those starts.{route.start} declares "
+                            f"({declared_prompts or 'none'}); set allow_prompt_mismatch = true on this phase "
+                            "to train the misaligned route on purpose"
+                        )
                 if parent is not None and not ref.allow_prompt_mismatch:
                     before_prompts = nodes[parent].prompts
                     if before_prompts != node.prompts:
@@ -402,6 +432,8 @@ def build_plan(grid: Grid, exp_dir: str | Path) -> Plan:
                 lineage.append(node.key)
                 parent, model_path, model_key = node.key, str(node.final), node.key
             run = RouteRun(route.name, route.display, seed, start, chain, lineage, model_key, model_path)
+            if not lineage and not route.start.startswith("route:"):  # a start evaluated as it is
+                run.eval_settings = grid.starts[route.start].declared()
             for key in lineage[: len(lineage) - len(chain)]:  # the start route's phases serve this route too
                 nodes[key].users.append(run.id)
             finals[(route.name, seed)] = run
@@ -411,7 +443,10 @@ def build_plan(grid: Grid, exp_dir: str | Path) -> Plan:
         for ds in grid.evaluation.datasets:
             task = evals.get((run.model_key, ds.name))
             if task is None:
-                file = exp / "eval" / run.model_key / f"{ds.name}-{dataset_key(ds, norm)}.json"
-                task = evals[(run.model_key, ds.name)] = EvalTask(run.model_key, run.model_path, ds, file)
+                key = dataset_key(ds, norm, grid.evaluation.options())
+                file = exp / "eval" / run.model_key / f"{ds.name}-{key}.json"
+                task = evals[(run.model_key, ds.name)] = EvalTask(
+                    run.model_key, run.model_path, ds, file, model_settings=dict(run.eval_settings)
+                )
             task.users.append(run.id)
     return Plan(grid, exp, nodes, runs, evals, norm)

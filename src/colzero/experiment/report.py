@@ -59,6 +59,12 @@ class Collected:
     #: route -> dataset -> seed -> {metric: mean} for the secondary metrics
     other_metrics: dict[str, dict[str, dict[int, dict[str, float]]]] = field(default_factory=dict)
     run_info: dict[str, Any] = field(default_factory=dict)
+    #: one row per trained phase (node) and seed: "phase", "from", "seed", "loss", "loss_scale",
+    #: "max_grad_norm", "grad_norm_steps", "clipped_steps", "grad_norm_mean", "grad_norm_first",
+    #: "grad_norm_last" (PhaseCost's gradient record)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    #: how every model was searched: "search", "query_lengths" (EvaluationSpec)
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- numbers
@@ -179,6 +185,47 @@ def build_results(c: Collected) -> dict[str, Any]:
                 row["per_dataset"][ds] = compare_paired(one[0], one[1], **kw).as_dict(SCALE)
         findings.append(row)
 
+    clipping: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in c.phases:
+        key = (row["phase"], row["from"])
+        agg = clipping.setdefault(
+            key,
+            {
+                "phase": row["phase"],
+                "from": row["from"],
+                "loss": row.get("loss"),
+                "loss_scale": row.get("loss_scale"),
+                "max_grad_norm": row.get("max_grad_norm"),
+                "seeds": [],
+                "grad_norm_steps": 0,
+                "clipped_steps": 0,
+                "grad_norm_means": [],
+                "grad_norm_first": [],
+                "grad_norm_last": [],
+            },
+        )
+        agg["seeds"].append(row["seed"])
+        agg["grad_norm_steps"] += row.get("grad_norm_steps") or 0
+        agg["clipped_steps"] += row.get("clipped_steps") or 0
+        for k, out in (("grad_norm_mean", "grad_norm_means"), ("grad_norm_first", "grad_norm_first"),
+                       ("grad_norm_last", "grad_norm_last")):  # fmt: skip
+            if row.get(k) is not None:
+                agg[out].append(row[k])
+    clipping_rows = []
+    for agg in clipping.values():
+        steps = agg["grad_norm_steps"]
+        clipping_rows.append(
+            {
+                **{k: agg[k] for k in ("phase", "from", "loss", "loss_scale", "max_grad_norm", "seeds")},
+                "steps": steps,
+                "clipped_steps": agg["clipped_steps"],
+                "clipped_fraction": agg["clipped_steps"] / steps if steps else None,
+                "grad_norm_mean": float(np.mean(agg["grad_norm_means"])) if agg["grad_norm_means"] else None,
+                "grad_norm_first": float(np.mean(agg["grad_norm_first"])) if agg["grad_norm_first"] else None,
+                "grad_norm_last": float(np.mean(agg["grad_norm_last"])) if agg["grad_norm_last"] else None,
+            }
+        )
+
     cost_unit = (
         "device_hours"
         if any((e.get("cost") or {}).get("device_hours", 0) > 0 for e in routes.values())
@@ -199,6 +246,8 @@ def build_results(c: Collected) -> dict[str, Any]:
             "test": "two-sided paired randomisation (sign-flip) test over queries, seeds pooled by averaging",
         },
         "cost_unit": cost_unit,
+        "evaluation": c.evaluation,
+        "clipping": clipping_rows,
         "routes": routes,
         "comparisons": comparisons,
         "findings": findings,
@@ -219,6 +268,11 @@ def _diff(entry: dict[str, Any] | None) -> str:
     if not entry:
         return "—"
     return f"{entry['difference_estimate']:+.2f} [{entry['difference_low']:+.2f}, {entry['difference_high']:+.2f}]"
+
+
+def _num(value: float | None) -> str:
+    """A gradient norm: 3 significant digits (norms span 1e-2 to 1e3 across loss scales)."""
+    return "—" if value is None else f"{value:.3g}"
 
 
 def _p(value: float | None) -> str:
@@ -284,6 +338,19 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
             ]
         )
     lines += _table(["dataset", "queries", "documents", "relevance / self-hits", "note"], rows)
+    ev = results.get("evaluation") or {}
+    if ev:
+        lengths = (
+            f"the `{ev['query_lengths']}` per-dataset query lengths"
+            if ev.get("query_lengths")
+            else "each model's own query length"
+        )
+        search = "through a PLAID index" if ev.get("search") == "index" else "exact"
+        lines += [
+            f"Search: {search}; {lengths} (a dataset's own length wins); prompts: each model's own, or "
+            "those its start declares when it is evaluated as it is.",
+            "",
+        ]
 
     lines += [f"## nDCG@10 per route and dataset (mean over seeds, {conf}% interval over queries)", ""]
     header = ["route", *datasets, "mean over datasets", "per-seed means"]
@@ -364,6 +431,47 @@ def render_markdown(results: dict[str, Any], charts: dict[str, str] | None = Non
     )
     if "quality_vs_cost" in charts:
         lines += [f"![quality versus cost]({charts['quality_vs_cost']})", ""]
+
+    if results.get("clipping"):
+        lines += [
+            "## Gradient norm and clipping per phase",
+            "",
+            "Pre-clip global gradient norm (what the optimizer step clips to `max_grad_norm`) averaged "
+            "over each phase's steps, then over seeds (first and last step likewise), and the fraction "
+            "of all those steps whose norm exceeded `max_grad_norm`. The loss scale decides how often "
+            "the clip binds (`loss_scale`: `mean` = the global mean's gradient; `pylate` = the released "
+            "code's, the global sum's under GradCache).",
+            "",
+        ]
+        rows = []
+        for r in results["clipping"]:
+            rows.append(
+                [
+                    r["phase"],
+                    r["from"],
+                    f"{r.get('loss') or '—'} ({r.get('loss_scale') or '—'})",
+                    str(len(r["seeds"])),
+                    str(r["steps"]),
+                    _num(r.get("grad_norm_mean")),
+                    f"{_num(r.get('grad_norm_first'))} / {_num(r.get('grad_norm_last'))}",
+                    _num(r.get("max_grad_norm")),
+                    "—" if r.get("clipped_fraction") is None else f"{100 * r['clipped_fraction']:.0f}%",
+                ]
+            )
+        lines += _table(
+            [
+                "phase",
+                "from",
+                "loss (scale)",
+                "seeds",
+                "steps",
+                "mean pre-clip norm",
+                "first / last",
+                "clip at",
+                "steps clipped",
+            ],
+            rows,
+        )
 
     lines += ["## The paper's published numbers beside ours", ""]
     if results.get("paper_source"):

@@ -60,7 +60,17 @@ def _start_label(plan: Plan, run: RouteRun) -> str:
     if route.start.startswith("route:"):
         return f"[{plan.grid.route(route.start[6:]).display}]"
     start = plan.grid.starts[route.start]
-    return start.label or route.start
+    return (start.label or route.start) + _declared(start.declared())
+
+
+def _declared(declared: dict[str, Any]) -> str:
+    """`` [prompts query='search_query: ', ...; query_length 39]`` for a start's declarations."""
+    parts = []
+    if "prompts" in declared:
+        p = declared["prompts"]
+        parts.append("prompts " + (", ".join(f"{k}={v!r}" for k, v in p.items()) if p else "none"))
+    parts += [f"{k} {declared[k]}" for k in ("query_length", "document_length") if k in declared]
+    return f" [{'; '.join(parts)}]" if parts else ""
 
 
 def describe_plan(plan: Plan) -> str:
@@ -103,10 +113,14 @@ def describe_plan(plan: Plan) -> str:
         lines.append(f"data preparation (shared): {', '.join(steps)}")
     cached = sum(t.file.is_file() for t in plan.evals.values())
     models = len({t.model_key for t in plan.evals.values()})
+    ev = g.evaluation
+    lengths = (
+        f"{ev.query_lengths} query-length preset" if ev.query_lengths else "the models' own query lengths"
+    )
     lines += [
         "",
         f"evaluations: {models} models x {len(g.evaluation.datasets)} datasets = {len(plan.evals)} "
-        f"({cached} cached)",
+        f"({cached} cached); {ev.search} search, {lengths}",
     ]
     for d in g.evaluation.datasets:
         sub = f"{d.max_queries} queries (seed {d.query_sample_seed})" if d.max_queries else "all queries"
@@ -277,6 +291,7 @@ def evaluate_run(
         plan.grid.evaluation,
         model_key=run.model_key,
         show_progress=show_progress,
+        model_settings=run.eval_settings,
         progress=progress,
         label=run.id,
     )
@@ -361,6 +376,7 @@ def collect(plan: Plan, run_info: dict[str, Any] | None = None) -> Collected:
                 "own_phases": len(run.chain),
             }
     routes = [RouteInfo(r.name, r.display, r.paper, r.description) for r in g.routes]
+    phases = [row for node in plan.nodes.values() if (row := _clipping_row(plan, node)) is not None]
     return Collected(
         grid=g.name,
         reference=g.reference,
@@ -376,7 +392,43 @@ def collect(plan: Plan, run_info: dict[str, Any] | None = None) -> Collected:
         paper_source=g.paper_source,
         other_metrics=others,
         run_info=run_info or {},
+        phases=phases,
+        evaluation={"search": g.evaluation.search, "query_lengths": g.evaluation.query_lengths},
     )
+
+
+def _clipping_row(plan: Plan, node: PhaseNode) -> dict[str, Any] | None:
+    """The gradient-norm record of a trained node (its one phase's cost), as a report row."""
+    if not node.record_file.is_file():
+        return None
+    record = json.loads(node.record_file.read_text(encoding="utf-8"))
+    phase_costs = list(((record.get("cost") or {}).get("phases") or {}).values())
+    cost = phase_costs[0] if phase_costs else {}
+    loss = node.recipe.phases[0].loss
+    if node.parent is not None:
+        start = plan.nodes[node.parent].label
+    else:
+        start = next(
+            (s.label or sid for sid, s in plan.grid.starts.items() if s.path == node.start), node.start
+        )
+    return {
+        "phase": node.label,
+        "from": start,
+        "seed": node.seed,
+        "loss": loss.kind,
+        "loss_scale": loss.loss_scale if loss.kind != "distillation" else None,
+        **{
+            k: cost.get(k)
+            for k in (
+                "max_grad_norm",
+                "grad_norm_steps",
+                "clipped_steps",
+                "grad_norm_mean",
+                "grad_norm_first",
+                "grad_norm_last",
+            )
+        },
+    }
 
 
 def _run_info(

@@ -15,6 +15,15 @@ phase 1 at a global batch of 16,384):
    (g = the incoming gradient, e.g. 1 / accumulation steps). Under DDP every chunk but the last
    runs inside ``model.no_sync()``, so gradients are all-reduced once.
 
+Gradient scale (``loss_scale``; the returned value is the mean in both): ``"mean"`` (default)
+gives the gradient of the global mean over all ranks' queries, as :class:`Contrastive`;
+``"pylate"`` gives that of the released ColBERT-Zero code (PyLate ``losses.CachedContrastive``
+with ``gather_across_devices=True``), which back-propagates ``W * sum_i CE_i`` (the sum over this
+rank's B_r queries, times the world size W) into the cached embeddings and divides only the
+returned value by B_r: after DDP's averaging the gradient is that of the *global sum*
+``sum_{i <= B} CE_i``, B = sum_r B_r times the global mean's (SPEC section 3: 16,384 times at the
+paper's phase 1, where the 1.0 gradient-norm clip then binds at every step).
+
 Call style (same as ``Contrastive``): ``loss = fn(batch); loss.backward()``. Peak memory is one
 chunk's activations plus the cached embeddings and the score matrix. Under ``torch.no_grad()``
 ``fn(batch)`` just returns the loss. Chunks are embedded in the order queries, positives,
@@ -34,7 +43,7 @@ from torch import nn
 
 from colzero.data.batch import ContrastiveBatch
 from colzero.losses.base import COLBERT_ZERO
-from colzero.losses.contrastive import Contrastive
+from colzero.losses.contrastive import Contrastive, LossScale
 from colzero.losses.gather import all_reduce_mean_
 from colzero.losses.scores import embed
 from colzero.model.base import TokenizedBatch
@@ -78,7 +87,8 @@ class _Chunk:
 
 class CachedContrastive(Contrastive):
     """GradCache InfoNCE (module docstring); arguments as :class:`Contrastive` plus
-    ``mini_batch_size`` (rows embedded at once, per role; None: a whole role at once)."""
+    ``mini_batch_size`` (rows embedded at once, per role; None: a whole role at once).
+    ``loss_scale="pylate"`` scales the gradient by ``B_r * W`` (module docstring)."""
 
     citation = (
         "InfoNCE (van den Oord et al. 2018, arXiv:1807.03748) on ColBERT late-interaction scores "
@@ -96,6 +106,7 @@ class CachedContrastive(Contrastive):
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
         maxsim_backend: Backend = "auto",
         score_precision: MaxSimPrecision = "fp32",
+        loss_scale: LossScale = "mean",
     ) -> None:
         super().__init__(
             model,
@@ -105,6 +116,7 @@ class CachedContrastive(Contrastive):
             budget_bytes,
             maxsim_backend,
             score_precision,
+            loss_scale,
         )
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
@@ -112,8 +124,8 @@ class CachedContrastive(Contrastive):
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
-        """``mini_batch_size``, ``temperature``, ``learnable_temperature``, ``maxsim_backend`` and
-        ``score_precision`` of ``config``."""
+        """``mini_batch_size``, ``temperature``, ``learnable_temperature``, ``maxsim_backend``,
+        ``score_precision`` and ``loss_scale`` of ``config``."""
         return cls(
             model,
             config.mini_batch_size,
@@ -121,11 +133,16 @@ class CachedContrastive(Contrastive):
             config.learnable_temperature,
             maxsim_backend=config.maxsim_backend,
             score_precision=config.score_precision,
+            loss_scale=config.loss_scale,
         )
 
     def get_config_dict(self) -> dict[str, Any]:
         """The settings that define this loss (the temperature as configured)."""
         return {**super().get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+    def gradient_factor(self, local_batch: int) -> float:
+        """1 for ``"mean"``; ``B_r * W`` for ``"pylate"`` (the released code's sum times world size)."""
+        return super().gradient_factor(local_batch) * (local_batch if self.loss_scale == "pylate" else 1)
 
     def _chunks(self, batch: ContrastiveBatch) -> Iterator[tuple[TokenizedBatch, Role, int, slice]]:
         parts: list[tuple[TokenizedBatch, Role]] = [(batch.queries, "query"), (batch.positives, "document")]

@@ -7,7 +7,7 @@ importing the losses themselves does not (a training machine imports them with t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -30,7 +30,12 @@ class LossConfig:
     kernels on CUDA, chunked torch operations elsewhere), ``"fused"`` or ``"chunked"``.
     ``score_precision``: ``"fp32"`` (scores, InfoNCE and KL in float32 on the autocast forward's
     vectors, as ColBERT-Zero's authors trained) or ``"autocast"`` (similarities in bf16 under bf16
-    autocast: cheaper on the chunked backend, noisier).
+    autocast: cheaper on the chunked backend, noisier). ``loss_scale`` (contrastive losses):
+    ``"mean"`` back-propagates the gradient of the global mean over every rank's queries;
+    ``"pylate"`` the released ColBERT-Zero code's gradients at the run's world size W: W x the
+    global mean's for ``contrastive``, the global *sum*'s (global batch x the mean's) for
+    ``cached_contrastive`` (SPEC section 3). The logged loss is the mean in both. It matters
+    through ``max_grad_norm``: AdamW alone is invariant to a constant scale.
     """
 
     kind: LossKind = "contrastive"
@@ -42,6 +47,7 @@ class LossConfig:
     normalize_scores: bool = True
     maxsim_backend: Backend = "auto"
     score_precision: MaxSimPrecision = "fp32"
+    loss_scale: Literal["mean", "pylate"] = "mean"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossConfig:

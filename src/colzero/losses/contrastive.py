@@ -10,6 +10,17 @@ with s the MaxSim score for ColBERT and the dot product for DenseModel
 (positives and negatives) are all-gathered with gradients (:mod:`colzero.losses.gather`), and the
 label of local query i is ``offset + i`` where ``offset = rank * local_batch``.
 
+Gradient scale (``loss_scale``; the returned value, which the trainer logs, is always the mean
+above). With W ranks, B_r queries on rank r and B = sum_r B_r:
+
+- ``"mean"`` (default): ``loss.backward()`` gives the gradient of the global mean, however many
+  ranks share the batch (each rank's mean over its queries, the gather summing document gradients
+  over ranks, DDP averaging parameter gradients).
+- ``"pylate"``: the gradients of the released ColBERT-Zero code (PyLate ``losses.Contrastive``
+  with ``gather_across_devices=True``, which returns ``W * mean_r``): W times the global mean's
+  gradient, the same as ``"mean"`` on one rank. AdamW is invariant to a constant gradient scale,
+  gradient-norm clipping is not: the scale decides how often ``max_grad_norm`` binds.
+
 Inputs: a :class:`colzero.data.batch.ContrastiveBatch` (B queries, B positives, optionally
 ``B * n_negatives`` query-major hard negatives). Output: a scalar float32 loss tensor; the trainer
 calls ``loss = fn(batch); loss.backward()`` (same as :class:`CachedContrastive`).
@@ -35,7 +46,7 @@ Example (embeddings straight in; ``fn(batch)`` embeds a batch with the model fir
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +60,10 @@ from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecisio
 
 if TYPE_CHECKING:
     from colzero.losses.config import LossConfig
+
+#: how the contrastive losses scale their gradients (module docstring): ``"mean"`` the global
+#: mean, ``"pylate"`` the released ColBERT-Zero code's scale at the run's world size
+LossScale = Literal["mean", "pylate"]
 
 
 class Contrastive(Loss):
@@ -70,6 +85,8 @@ class Contrastive(Loss):
         score_precision: ``"fp32"`` (default, as the authors trained: scores and InfoNCE in
             float32 on the vectors of the autocast forward) or ``"autocast"`` (similarities in the
             autocast dtype; :mod:`colzero.losses.scores`).
+        loss_scale: ``"mean"`` or ``"pylate"``: the gradient scale (module docstring); the
+            returned value is the mean in both.
     """
 
     #: an Encoder, or one wrapped in DistributedDataParallel (not a submodule)
@@ -89,10 +106,14 @@ class Contrastive(Loss):
         budget_bytes: int = DEFAULT_BUDGET_BYTES,
         maxsim_backend: Backend = "auto",
         score_precision: MaxSimPrecision = "fp32",
+        loss_scale: LossScale = "mean",
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if loss_scale not in get_args(LossScale):
+            raise ValueError(f"loss_scale must be one of {get_args(LossScale)}, got {loss_scale!r}")
+        self.loss_scale: LossScale = loss_scale
         self.initial_temperature = float(temperature)
         object.__setattr__(self, "model", model)  # not a submodule (see class docstring)
         self.gather_across_devices = gather_across_devices
@@ -109,14 +130,15 @@ class Contrastive(Loss):
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
-        """``temperature``, ``learnable_temperature``, ``maxsim_backend`` and ``score_precision``
-        of ``config``."""
+        """``temperature``, ``learnable_temperature``, ``maxsim_backend``, ``score_precision`` and
+        ``loss_scale`` of ``config``."""
         return cls(
             model,
             config.temperature,
             config.learnable_temperature,
             maxsim_backend=config.maxsim_backend,
             score_precision=config.score_precision,
+            loss_scale=config.loss_scale,
         )
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -126,6 +148,7 @@ class Contrastive(Loss):
             "learnable_temperature": self.learnable_temperature,
             "gather_across_devices": self.gather_across_devices,
             "score_precision": self.score_precision,
+            "loss_scale": self.loss_scale,
         }
 
     @property
@@ -178,7 +201,29 @@ class Contrastive(Loss):
         with loss_precision(q.device.type, self.score_precision):
             logits = torch.cat(scores, dim=1) / self.temperature
             labels = torch.arange(q.shape[0], device=q.device) + offset
-            return F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels)
+        factor = self.gradient_factor(q.shape[0])
+        return loss if factor == 1 else _ScaleGradient.apply(loss, factor)
+
+    def gradient_factor(self, local_batch: int) -> float:
+        """What the gradient of this rank's mean loss is multiplied by (module docstring):
+        1 for ``"mean"``; W, the number of ranks gathering documents, for ``"pylate"``."""
+        if self.loss_scale == "mean":
+            return 1.0
+        return float(world()[1] if self.gather_across_devices else 1)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward (the logged value stays the mean); backward multiplies by ``factor``."""
+
+    @staticmethod
+    def forward(ctx: Any, loss: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
 
 
 def _average_grad_over_ranks(param: torch.Tensor) -> None:

@@ -28,6 +28,6 @@ def build_loss(model: nn.Module, config: LossConfig) -> Loss:
     >>> from colzero.losses import build_loss
     >>> from colzero.losses.config import LossConfig
     >>> build_loss(None, LossConfig("contrastive", temperature=0.05)).get_config_dict()
-    {'temperature': 0.05, 'learnable_temperature': False, 'gather_across_devices': True, 'score_precision': 'fp32'}
+    {'temperature': 0.05, 'learnable_temperature': False, 'gather_across_devices': True, 'score_precision': 'fp32', 'loss_scale': 'mean'}
     """
     return LOSSES[config.kind].from_config(model, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,13 @@ class PhaseCost:
     ``wall_s`` of training steps (data waiting included, ``data_wait_s`` of it on rank 0),
     ``first_step_unix`` (when the first step ended: launch overhead for benchmarks). Memory:
     peak resident set size of each rank in MiB, and rank 0's peak CUDA allocation.
+
+    Gradient clipping (phases with ``max_grad_norm``): ``grad_norm_steps`` optimizer steps whose
+    pre-clip global gradient norm (what ``clip_grad_norm_`` returns, the same on every rank) was
+    measured, its sum, min, max, first and last value, and ``clipped_steps``, the steps where it
+    exceeded ``max_grad_norm`` (the update was scaled down). :attr:`clipped_fraction` and
+    :attr:`grad_norm_mean` derive from them; with a loss scale the clip binds at a different rate
+    (``LossConfig.loss_scale``).
     """
 
     phase: str
@@ -36,6 +44,38 @@ class PhaseCost:
     peak_rss_mb: float = 0.0
     peak_rss_mb_per_rank: list[float] = field(default_factory=list)
     peak_cuda_mb: float | None = None
+    max_grad_norm: float | None = None
+    grad_norm_steps: int = 0
+    clipped_steps: int = 0
+    grad_norm_sum: float = 0.0
+    grad_norm_min: float | None = None
+    grad_norm_max: float | None = None
+    grad_norm_first: float | None = None
+    grad_norm_last: float | None = None
+
+    def record_grad_norm(self, norm: float, max_norm: float) -> None:
+        """Count one optimizer step's pre-clip gradient norm (non-finite norms are not counted)."""
+        self.max_grad_norm = max_norm
+        if not math.isfinite(norm):
+            return
+        self.grad_norm_steps += 1
+        self.clipped_steps += int(norm > max_norm)
+        self.grad_norm_sum += norm
+        self.grad_norm_min = norm if self.grad_norm_min is None else min(self.grad_norm_min, norm)
+        self.grad_norm_max = norm if self.grad_norm_max is None else max(self.grad_norm_max, norm)
+        if self.grad_norm_first is None:
+            self.grad_norm_first = norm
+        self.grad_norm_last = norm
+
+    @property
+    def clipped_fraction(self) -> float | None:
+        """Fraction of measured steps whose gradient was clipped (None when none was measured)."""
+        return self.clipped_steps / self.grad_norm_steps if self.grad_norm_steps else None
+
+    @property
+    def grad_norm_mean(self) -> float | None:
+        """Mean pre-clip gradient norm over the measured steps (None when none was measured)."""
+        return self.grad_norm_sum / self.grad_norm_steps if self.grad_norm_steps else None
 
     @property
     def device_hours(self) -> float:
@@ -53,8 +93,13 @@ class PhaseCost:
         return {"examples": self.examples, "tokens": self.tokens, "wall_s": self.wall_s, "steps": self.steps}
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (the ``cost.json`` content)."""
-        return dataclasses.asdict(self)
+        """Plain JSON values (the ``cost.json`` content), with the derived ``clipped_fraction``
+        and ``grad_norm_mean`` (ignored by :meth:`from_dict`)."""
+        return {
+            **dataclasses.asdict(self),
+            "clipped_fraction": self.clipped_fraction,
+            "grad_norm_mean": self.grad_norm_mean,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], phase: str = "") -> PhaseCost:
@@ -82,7 +127,7 @@ class PhaseCost:
 
 def summarize(phase_costs: list[tuple[str, PhaseCost | None]]) -> dict[str, Any]:
     """Per phase and in total: examples, tokens, wall_s, device_hours, peak_memory_bytes (the
-    largest of any phase), plus each phase's full record."""
+    largest of any phase), plus each phase's full record (gradient norm and clipping included)."""
     total: dict[str, Any] = {"examples": 0, "tokens": 0, "wall_s": 0.0, "device_hours": 0.0}
     peak = 0
     phases: dict[str, dict[str, Any]] = {}

@@ -201,6 +201,11 @@ def _start_for(recipe: Recipe, index: int, previous: Path | None) -> str:
     return str(previous) if previous is not None else recipe.model.base
 
 
+def _declared_prompts(recipe: Recipe, start: str) -> dict[str, str] | None:
+    """The prompts ``[model] base_prompts`` declares for ``start`` (the base model only)."""
+    return recipe.model.base_prompts if start == recipe.model.base else None
+
+
 def _local_path(value: str) -> Path | None:
     path = Path(value)
     return path if (path.is_absolute() or value.startswith(".")) else None
@@ -333,13 +338,18 @@ def check_start_models(recipe: Recipe, run_dir: Path, display: str) -> None:
     for i, p in enumerate(recipe.phases):
         if not (i == 0 or p.model):
             continue
-        local = _local_path(_start_for(recipe, i, None if i == 0 else run_dir))
-        if local is None:
-            continue
-        if not local.exists():
+        start = _start_for(recipe, i, None if i == 0 else run_dir)
+        local, declared = _local_path(start), _declared_prompts(recipe, start)
+        if local is not None and not local.exists():
             raise FileNotFoundError(f"{display}: phases[{i}]: start model {local} does not exist")
+        if local is None and declared is None:
+            continue
         prompt_tools.check_alignment(
-            local, recipe.prompts_for(i), phase_name=p.name, allow_mismatch=recipe.allow_prompt_mismatch
+            start,
+            recipe.prompts_for(i),
+            phase_name=p.name,
+            allow_mismatch=recipe.allow_prompt_mismatch,
+            declared=declared,
         )
 
 
@@ -446,10 +456,14 @@ class _RecipeRun:
             self.progress.phase_finished(p.name, {**self._phase_counters(phase_dir), "skipped": True})
             return {**record, "skipped": True}
         start = _start_for(recipe, i, self.previous)
-        local = _local_path(start)
-        if local is not None and self.dist.is_main:
+        declared = _declared_prompts(recipe, start)
+        if (_local_path(start) is not None or declared is not None) and self.dist.is_main:
             msg = prompt_tools.check_alignment(
-                local, recipe.prompts_for(i), phase_name=p.name, allow_mismatch=recipe.allow_prompt_mismatch
+                start,
+                recipe.prompts_for(i),
+                phase_name=p.name,
+                allow_mismatch=recipe.allow_prompt_mismatch,
+                declared=declared,
             )
             if msg:
                 logger.warning(msg)

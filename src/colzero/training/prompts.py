@@ -6,6 +6,13 @@ model pre-trained without them, or dropping them from one pre-trained with them,
 with in ``model.training_record`` (saved in the ``colzero`` block of
 ``config_sentence_transformers.json``), and a phase whose prompts differ is refused unless the
 recipe sets ``allow_prompt_mismatch = true``.
+
+A start model's prompts can also be *declared* (a recipe's ``[model] base_prompts``, a grid
+start's ``prompts``): a declaration is the truth and wins over what the saved config says. This
+matters for models whose saved config lies by omission, e.g. ``nomic-ai/modernbert-embed-base``
+was trained with ``search_query: `` / ``search_document: `` but saves empty prompts, so a local
+copy of it would otherwise be taken for a model trained without prompts (and a hub name, never
+read before training, would not be checked at all).
 """
 
 from __future__ import annotations
@@ -88,12 +95,15 @@ def check_alignment(
     *,
     phase_name: str = "",
     allow_mismatch: bool = False,
+    declared: dict[str, str] | None = None,
 ) -> str | None:
-    """Refuse (raise) a phase whose prompts differ from the start model's recorded prompts.
+    """Refuse (raise) a phase whose prompts differ from the start model's prompts: ``declared``
+    when given (module docstring; empty prompts count as none), else those recorded in the saved
+    model (:func:`recorded_prompts`).
 
     Returns a warning message when a mismatch is allowed, None when aligned or unknown.
     """
-    recorded = recorded_prompts(start_model)
+    recorded = normalize_prompts(declared) if declared is not None else recorded_prompts(start_model)
     if recorded is None:
         return None
     wanted = normalize_prompts(phase_prompts)
@@ -101,7 +111,8 @@ def check_alignment(
         return None
     msg = (
         f"phase {phase_name!r}: prompts are not aligned with the start model {start_model}: "
-        f"the model was trained with {describe(recorded)}, the phase uses {describe(wanted)}. "
+        f"the model was trained with {describe(recorded)}"
+        f"{' (declared)' if declared is not None else ''}, the phase uses {describe(wanted)}. "
         "ColBERT-Zero found that misaligned prompts between pre-training and fine-tuning cost more "
         "than 0.8 nDCG@10 points; set the same prompts, or `allow_prompt_mismatch = true` in the recipe."
     )

@@ -58,6 +58,9 @@ class ModelSpec(_Strict):
     base: str = Field(min_length=1)
     type: Literal["colbert", "dense"] = "colbert"
     settings: dict[str, Any] = Field(default_factory=dict)
+    #: the prompts ``base`` was trained with, declared: the prompt guard takes them as the truth
+    #: over the base's saved config (``colzero.training.prompts``); {} = trained without prompts
+    base_prompts: dict[str, str] | None = None
     description: str | None = None
 
 

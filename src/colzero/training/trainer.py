@@ -394,8 +394,9 @@ class PhaseTrainer:
                 f"checkpoint is kept in {self.out / ckpt.CHECKPOINTS}"
             )
         grad_norm = None
-        if cfg.optim.max_grad_norm is not None:
+        if cfg.optim.max_grad_norm is not None:  # the norm before clipping
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm))
+            self.cost.record_grad_norm(grad_norm, cfg.optim.max_grad_norm)
         self.optimizer.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -411,7 +412,7 @@ class PhaseTrainer:
             cost.first_step_unix = time.time()
         metrics: dict[str, float] = {"loss": mean_loss, "lr": float(lr)}
         if grad_norm is not None:
-            metrics["grad_norm"] = grad_norm
+            metrics["grad_norm"] = grad_norm  # pre-clip
         if isinstance(self.loss_fn, Contrastive):
             metrics["temperature"] = float(self.loss_fn.temperature.detach())
         return metrics
