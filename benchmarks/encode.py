@@ -5,6 +5,14 @@ seeded with ``torch.manual_seed(0)``) is saved once; PyLate loads that same fold
 subprocess (its own environment), so both sides have identical weights, lengths and texts
 (scifact ``title + " " + text``, the first ``--docs`` documents of the corpus).
 
+colzero runs twice per batch size: the packed encoder (``packing="auto"``, the default: only real
+tokens through the backbone) and the padded transformers forward (``packing="off"``, the path before
+it), with the largest vector difference between the two. Every row (PyLate's too) runs once per
+round and the rounds rotate their order, so the drifting load of a shared machine hits all rows
+alike; medians over ``--repeats`` rounds.
+The bf16 rows also compare the packed encoder's bf16 residual stream
+(``residual_precision="autocast"``) with transformers' fp32 one, against fp32 vectors.
+
 Also printed: the floor = forward FLOPs (counted from the layer shapes and the real, unpadded
 token counts) / the measured fp32 GEMM rate, and a bf16-vs-fp32 ranking check. On CPUs without
 AMX / AVX512-BF16, bf16 matmuls are emulated (hundreds of times slower than fp32), so the bf16
@@ -138,26 +146,52 @@ def main() -> None:
         {"args": {k: str(v) for k, v in vars(args).items()}, "n_docs": len(docs), "n_tokens": n_tok},
     )
     record["forward_gflop"] = flops / 1e9
-    vectors32 = None
+    # every row once per round, rounds in rotating order: the load of a shared machine drifts, and
+    # each row sees the same drift (PyLate's subprocess times its own encode only, model loaded)
+    pylate_ok = not args.no_pylate and Path(args.pylate_python).exists()
+    runs = [("colzero", bs, packing) for bs in batch_sizes for packing in ("auto", "off")]
+    runs += [("pylate", batch_sizes[0], "")] if pylate_ok else []
     for bs in batch_sizes:
         model.encode(docs[:8], "document", batch_size=bs, precision="fp32")  # warm-up
-        out: dict[str, list[torch.Tensor]] = {}
-
-        def encode_all(bs: int = bs, out: dict = out) -> None:
-            out["v"] = model.encode(docs, "document", batch_size=bs, precision="fp32")
-
-        secs = time_repeats(encode_all, args.repeats)
-        vectors32 = vectors32 or out["v"]
-        t = median(secs)
-        rows.append([f"colzero fp32 (batch {bs})", len(docs), t, len(docs) / t, n_tok / t])
-        record[f"colzero_fp32_bs{bs}"] = {"seconds": secs}
-        print(f"  colzero fp32 batch {bs}: {secs}", flush=True)
-
+    secs: dict[tuple, list[float]] = {run: [] for run in runs}
+    out: dict[tuple, list[torch.Tensor]] = {}
     py = None
-    if not args.no_pylate and Path(args.pylate_python).exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = model.save(Path(tmp) / "minilm-colbert")
-            py = run_pylate(args.pylate_python, folder, docs, batch_sizes[0], args.repeats, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save(Path(tmp) / "minilm-colbert") if pylate_ok else None
+        for rep in range(args.repeats):
+            for run in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
+                kind, bs, packing = run
+                if kind == "pylate":
+                    py_rep = run_pylate(args.pylate_python, folder, docs, bs, 1, Path(tmp))
+                    secs[run] += py_rep["seconds"]
+                    py = {**py_rep, "seconds": secs[run]}
+                    continue
+                model.config.packing = packing
+                start = time.perf_counter()
+                out[run] = model.encode(docs, "document", batch_size=bs, precision="fp32")
+                secs[run].append(time.perf_counter() - start)
+            print(f"  round {rep + 1}: " + ", ".join(f"{k[0]} {k[1]} {k[2]} {v[-1]:.1f}s" for k, v in secs.items()),
+                  flush=True)  # fmt: skip
+    model.config.packing = "auto"
+    vectors32 = out[("colzero", batch_sizes[0], "auto")]
+    for bs in batch_sizes:
+        packed, padded = ("colzero", bs, "auto"), ("colzero", bs, "off")
+        diff = max(float((a - b).abs().max()) for a, b in zip(out[packed], out[padded], strict=True))
+        for run, label in ((packed, "packed"), (padded, "padded, packing=off")):
+            t = median(secs[run])
+            rows.append([f"colzero fp32 {label} (batch {bs})", len(docs), t, len(docs) / t, n_tok / t])
+        ratio = median(secs[padded]) / median(secs[packed])
+        wins = sum(a < b for a, b in zip(secs[packed], secs[padded], strict=True))
+        record[f"colzero_fp32_bs{bs}"] = {"seconds": secs[packed]}
+        record[f"colzero_fp32_padded_bs{bs}"] = {"seconds": secs[padded]}
+        record[f"packed_vs_padded_bs{bs}"] = {
+            "speedup": ratio,
+            "rounds_won": wins,
+            "max_abs_vector_diff": diff,
+        }
+        print(f"  colzero fp32 batch {bs}: packed is {ratio:.3f}x the padded speed (median), faster in {wins} of "
+              f"{args.repeats} rounds; vectors differ by <= {diff:.2e}", flush=True)  # fmt: skip
+    if py is not None:
         t = median(py["seconds"])
         if py["n_tokens"] != n_tok:
             print(f"  WARNING: PyLate counts {py['n_tokens']} tokens, colzero {n_tok}")
@@ -178,6 +212,15 @@ def main() -> None:
         [f"colzero bf16 autocast (first {len(sub)} docs only)", len(sub), t, len(sub) / t, sub_tok / t]
     )
     record["colzero_bf16"] = {"seconds": secs_bf16, "n_docs": len(sub), "n_tokens": sub_tok}
+    model.config.residual_precision = "autocast"
+    secs_res = time_repeats(
+        lambda: holder.__setitem__("v_res", model.encode(sub, "document", precision="bf16")), 1
+    )
+    model.config.residual_precision = "fp32"
+    t = median(secs_res)
+    rows.append([f"colzero bf16 autocast, bf16 residual (first {len(sub)} docs)", len(sub), t, len(sub) / t,
+                 sub_tok / t])  # fmt: skip
+    record["colzero_bf16_residual"] = {"seconds": secs_res, "n_docs": len(sub), "n_tokens": sub_tok}
 
     rate_after = gemm_rate(*rate_shape)
     rate = median([rate_before, rate_after])
@@ -198,7 +241,19 @@ def main() -> None:
     s_score16 = maxsim_all_pairs(q32.embeddings.bfloat16(), d32.embeddings.bfloat16(), d32.mask, q32.mask)
     d16 = pad_embeddings(holder["v"])
     s_both = maxsim_all_pairs(q16.embeddings, d16.embeddings, d16.mask, q16.mask)
+    d16r = pad_embeddings(holder["v_res"])
+    s_res = maxsim_all_pairs(q16.embeddings, d16r.embeddings, d16r.mask, q16.mask)
     s32_sub = s32[:, : len(sub)]
+    vector_err = {
+        name: {
+            "max_abs": max(float((a - b).abs().max()) for a, b in zip(v, vectors32[: len(sub)], strict=True)),
+            "min_cos": min(float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
+                           for a, b in zip(v, vectors32[: len(sub)], strict=True)),
+        }
+        for name, v in (("bf16 autocast", holder["v"]), ("bf16 autocast, bf16 residual", holder["v_res"]))
+    }  # fmt: skip
+    record["bf16_vector_error"] = vector_err
+    print(f"bf16 document vectors vs fp32 ({len(sub)} docs): {vector_err}")
     rank_rows = [
         [f"bf16 query encoding vs fp32 docs ({len(queries)}q x {len(docs)}d)", max_rel(s_q16, s32),
          topk_overlap(s_q16, s32, 10)],
@@ -206,6 +261,8 @@ def main() -> None:
          topk_overlap(s_score16, s32, 10)],
         [f"bf16 queries + bf16 docs ({len(queries)}q x {len(sub)}d subset)", max_rel(s_both, s32_sub),
          topk_overlap(s_both, s32_sub, 10)],
+        [f"bf16 queries + bf16-residual docs ({len(queries)}q x {len(sub)}d subset)", max_rel(s_res, s32_sub),
+         topk_overlap(s_res, s32_sub, 10)],
     ]  # fmt: skip
     print()
     print_table(["bf16 ranking check (vs fp32)", "max rel score diff", "top-10 overlap"], rank_rows)

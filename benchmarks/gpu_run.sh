@@ -16,6 +16,8 @@ if [ -d benchmarks/.wheels ]; then
     done
 fi
 status=0
+export COLZERO_COMMIT="${COLZERO_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
 python3 benchmarks/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log" || status=1
 python3 benchmarks/gpu_trainer_check.py --out "$out" 2>&1 | grep -v "it/s\]" | tee "$out/gpu_trainer_check.log" || status=1
+ls "$out"/20*-*.json 2>/dev/null | sed 's/^/commit as benchmarks\/results\/gpu\/: /'
 exit $status

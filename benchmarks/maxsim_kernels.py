@@ -106,11 +106,13 @@ def real_pairs(x: dict[str, torch.Tensor]) -> float:
 # ---------------------------------------------------------------------------- paths
 
 
-def _colzero_scores(backend: str, precision: str) -> Callable[..., torch.Tensor]:
+def _colzero_scores(
+    backend: str, precision: str, query_rows: int | None = None
+) -> Callable[..., torch.Tensor]:
     from colzero.scoring.maxsim import maxsim_all_pairs
 
     def scores(q, qm, d, dm):
-        return maxsim_all_pairs(q, d, dm, qm, backend=backend, precision=precision)
+        return maxsim_all_pairs(q, d, dm, qm, backend=backend, precision=precision, query_rows=query_rows)
 
     return scores
 
@@ -142,14 +144,21 @@ def _lik_scores() -> Callable[..., torch.Tensor]:
     return scores
 
 
-def paths(include_slow: bool) -> dict[str, tuple[Callable[..., torch.Tensor], str, str]]:
-    """name -> (scores function, autocast on?, note)."""
+def paths(
+    include_slow: bool, query_rows: int | None = None
+) -> dict[str, tuple[Callable[..., torch.Tensor], str, str]]:
+    """name -> (scores function, autocast on?, note); ``query_rows``: the fused backend's row bound
+    (the real query tokens, as the losses pass the attended ones under FA-compat)."""
     out: dict[str, tuple[Callable[..., torch.Tensor], str, str]] = {
         "today": (_colzero_scores("chunked", "autocast"), "bf16", "chunked backend, bf16 similarities"),
     }
     if include_slow:
         out["chunked-fp32"] = (_colzero_scores("chunked", "fp32"), "bf16", "chunked backend, fp32 scores")
-    out["fused"] = (_colzero_scores("fused", "fp32"), "bf16", "fused backend, fp32 scores (default)")
+    out["fused"] = (
+        _colzero_scores("fused", "fp32", query_rows),
+        "bf16",
+        "fused backend, fp32 scores (default)",
+    )
     if importlib.util.find_spec("flash_maxsim") is not None:
         out["flash-maxsim"] = (_flash_maxsim_scores(), "off", "peer; document masks as lengths only")
     if importlib.util.find_spec("late_interaction_kernels") is not None:
@@ -225,13 +234,17 @@ def _sweep() -> list[Any]:
 
 
 def sweep_tiles(
-    device: torch.device, x: dict[str, torch.Tensor], useful: float, repeats: int
+    device: torch.device,
+    x: dict[str, torch.Tensor],
+    useful: float,
+    repeats: int,
+    query_rows: int | None = None,
 ) -> dict[str, Any]:
     """The fused MaxSim (forward + backward) under the default tiles and each of :data:`SWEEP_FIELDS`; the fastest."""
     from colzero.scoring.fused import Tiles, use_tiles
 
     timer = _Timer(device)
-    fn = _colzero_scores("fused", "fp32")
+    fn = _colzero_scores("fused", "fp32", query_rows)
     results = []
     for tiles in [Tiles(), *_sweep()]:
 
@@ -273,10 +286,11 @@ def run(
     timer = _Timer(device)
     pairs = real_pairs(x)
     useful = 3 * 2 * pairs * shape.dim
-    tiles_sweep = sweep_tiles(device, x, useful, max(1, repeats - 1)) if sweep else None
+    real_rows = int(x["q_real"].sum())  # known on the host, as the losses know the attended query tokens
+    tiles_sweep = sweep_tiles(device, x, useful, max(1, repeats - 1), real_rows) if sweep else None
     best_tiles = Tiles(**tiles_sweep["best"]["tiles"]) if tiles_sweep and tiles_sweep["best"] else None
     rows: dict[str, Any] = {}
-    for name, (fn, mode, note) in paths(include_slow).items():
+    for name, (fn, mode, note) in paths(include_slow, real_rows).items():
         row: dict[str, Any] = {"note": note}
         chosen = best_tiles if name == "fused" else None
 

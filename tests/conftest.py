@@ -218,3 +218,17 @@ def quickstart_prepare(pairs: tuple[int, int], kd_queries: int, kd_max_length: i
             },
         },
     ]
+
+
+def assert_compiled_gradients_match(loss, *inputs) -> None:
+    """``torch.compile(loss, fullgraph=True)`` gives ``loss``'s value and gradients on ``inputs``."""
+    import torch
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = compiled(*inputs)
+    got_grads = torch.autograd.grad(got, inputs)
+    want = loss(*inputs)
+    want_grads = torch.autograd.grad(want, inputs)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)

@@ -147,6 +147,56 @@ def test_gpu_check_tiny_runs_on_cpu_without_the_extras(without_extras, tmp_path)
     assert result["projection"]["total_gpu_hours"] > 0
     assert result["sync_check"]["status"].startswith("skipped")
     assert "projected GPU-hours" in proc.stdout
+    # padded and packed encoders, full and real lengths, in the same run; the top-level keys are
+    # the primary run's (packed, full lengths)
+    runs = result["runs"]
+    assert set(runs) == {
+        "padded/full/today", "packed/full", "packed/real", "padded/real/today", "packed/full/keep2"
+    }  # fmt: skip
+    # today's path (padded encoder, chunked MaxSim under autocast) beside the new one in the same run
+    assert (runs["padded/full/today"]["maxsim_backend"], runs["padded/full/today"]["score_precision"]) == (
+        "chunked",
+        "autocast",
+    )
+    assert (runs["packed/full"]["maxsim_backend"], runs["packed/full"]["score_precision"]) == ("auto", "fp32")
+    assert result["speedups"]["phase1 full: step, today / new"] > 0
+    # one profiled step per phase of the profiled runs: the top kernels, saved
+    for name in ("padded/full/today", "packed/full"):
+        for phase in runs[name]["phases"].values():
+            top = phase["top_kernels"]
+            assert 0 < len(top) <= 10 and all(k["self_ms"] > 0 for k in top)
+            assert [k["self_ms"] for k in top] == sorted((k["self_ms"] for k in top), reverse=True)
+    assert "top_kernels" not in runs["packed/real"]["phases"]["phase1"]
+    # the loss microbenchmark (benchmarks/maxsim_kernels.py): today's path and the fused backend
+    # (Triton's interpreter here), errors against the fp32 reference; peers absent are rows that say so
+    rows = result["loss_check"]["rows"]
+    for name in ("today", "fused"):
+        assert "error" not in rows[name], rows[name]
+        assert rows[name]["loss_s"] > 0 and rows[name]["maxsim_fraction_of_gemm"] > 0
+    assert rows["fused"]["errors_vs_fp32"]["grad_q"] < 1e-5
+    # the record to commit under benchmarks/results/gpu/
+    record = tmp_path / f"{result['date']}-cpu.json"
+    assert json.loads(record.read_text())["commit"] == result["commit"] != ""
+    keep = runs.pop("packed/full/keep2")  # GradCache keeping 2 chunks' graphs: phase 1 only
+    assert set(keep["phases"]) == {"phase1"} and keep["phases"]["phase1"]["step_s"] > 0
+    assert result["primary"] == "packed/full" and result["phases"] == runs["packed/full"]["phases"]
+    assert (
+        runs["padded/full/today"]["packing"] == "off" and runs["packed/full"]["packed_runner"] == "modernbert"
+    )
+    for name, run in runs.items():
+        assert run["projection"]["total_gpu_hours"] > 0 and result["projections"][name] > 0
+        for phase in run["phases"].values():
+            flops = phase["flops_per_step"]
+            assert 0 < flops["encoder_forward_real"] <= flops["encoder_forward"]
+            assert 0 < flops["useful_real"] <= flops["useful"]
+            assert 0 < phase["real_token_fraction"] <= 1 and phase["encoder_fraction_of_gemm_real"] > 0
+    # real lengths: MS MARCO-like documents are far shorter than their 16 (tiny) tokens
+    assert runs["packed/real"]["phases"]["phase2"]["real_token_fraction"] < 0.95
+    check = result["kernel_check"]["ways"]
+    assert (
+        check["packed sdpa fp32"]["max_abs_err"] < 1e-5 and check["packed sdpa fp32"]["grad_rel_err"] < 1e-5
+    )
+    assert check["padded sdpa bf16"]["min_cos"] > 0.99 and "error" in check["packed varlen bf16"]
 
 
 def _gpu_check_module():

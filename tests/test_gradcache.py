@@ -155,3 +155,27 @@ def test_dropout_test_detects_broken_rng_replay(monkeypatch):
     _, got = _run(CachedContrastive(model, mini_batch_size=3, temperature=0.05), model, batch, seed=7)
     with pytest.raises(AssertionError):
         assert_grads_close(got, ref)
+
+
+@pytest.mark.parametrize("keep", [1, 4, 100])
+def test_kept_graphs_equal_recomputed_ones_with_dropout(keep, monkeypatch):
+    """keep_graphs: the first chunks back-propagate through their first-pass graph instead of being
+    re-embedded; same loss and gradients (dropout on, so the RNG order must be intact), fewer
+    forwards, and the last chunk is always re-embedded (it carries the DDP synchronisation)."""
+    from colzero.losses import cached
+
+    model = make_colbert("modernbert")
+    set_dropout(model, 0.2)
+    model.train()
+    batch = contrastive_batch(model, *contrastive_texts(B, N_NEG, seed=5), N_NEG)
+    ref_loss, ref = _chunked_reference(Contrastive(model, temperature=0.05), model, batch, 2, seed=7)
+    calls = []
+    real_embed = cached.embed
+    monkeypatch.setattr(cached, "embed", lambda *a: calls.append(torch.is_grad_enabled()) or real_embed(*a))
+    loss_fn = CachedContrastive(model, mini_batch_size=2, temperature=0.05, keep_graphs=keep)
+    loss, got = _run(loss_fn, model, batch, seed=7)
+    assert loss == pytest.approx(ref_loss, rel=1e-6, abs=1e-6)
+    assert_grads_close(got, ref)
+    n_chunks = 3 + 3 + 6
+    kept = min(keep, n_chunks - 1)
+    assert len(calls) == 2 * n_chunks - kept and sum(calls[:n_chunks]) == kept

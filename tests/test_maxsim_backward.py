@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_compiled_gradients_match
 
 from colzero.scoring.maxsim import maxsim_all_pairs, maxsim_nway, maxsim_pairwise
 
@@ -277,14 +278,7 @@ def test_all_pairs_compiles_fullgraph_forward_and_backward():
     def loss(q_, d_):
         return maxsim_all_pairs(q_, d_, dm, qm, budget_bytes=BUDGET).logsumexp(dim=1).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    got = compiled(q, d)
-    gq, gd = torch.autograd.grad(got, (q, d))
-    want = loss(q, d)
-    wq, wd = torch.autograd.grad(want, (q, d))
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(gq, wq)
-    torch.testing.assert_close(gd, wd)
+    assert_compiled_gradients_match(loss, q, d)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync debug mode)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         "the fused backend needs CUDA or TRITON_INTERPRET=1 (conftest sets it)", allow_module_level=True
     )
 
+from conftest import assert_compiled_gradients_match
 from test_maxsim_backward import saved_bytes
 
 from colzero.scoring.fused import Tiles, use_tiles
@@ -35,7 +37,8 @@ def _unit(*shape: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _case(nq: int, lq: int, nd: int, ld: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Queries with ragged masks and zero vectors; documents with ragged / full masks and ties."""
+    """Queries with ragged masks and zero vectors; documents with ragged / full masks and ties; the
+    vectors on a grid of 1/64 (about unit length)."""
     gen = torch.Generator().manual_seed(seed)
     q = _unit(nq, lq, gen=gen)
     qm = torch.arange(lq)[None] < torch.randint(1, lq + 1, (nq,), generator=gen)[:, None]
@@ -57,7 +60,14 @@ def _case(nq: int, lq: int, nd: int, ld: int, seed: int) -> tuple[torch.Tensor, 
         if ld > 40:
             d[:, 37] = d[:, 3]
             dm[:, 37] = dm[:, 3]
-    return q, qm, d, dm
+    # on a grid of 1/64 every product and sum is exact in fp32, tf32, fp16 and float64, whatever
+    # order a GEMM adds them in: ties stay ties (a CPU BLAS may otherwise round two equal columns
+    # differently) and the reference ranks exactly as the kernels do
+    return _on_grid(q), qm, _on_grid(d), dm
+
+
+def _on_grid(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x * 64) / 64
 
 
 def _rounded(q, qm, d, dm, dtype):
@@ -175,6 +185,91 @@ def test_bytes_kept_for_backward(ld, index_bytes):
     assert extra == 2 * 5 * 2 * index_bytes
 
 
+@pytest.mark.parametrize(("ld", "index_bytes"), [(187, 1), (300, 2)])
+def test_bytes_kept_for_backward_with_a_row_bound(ld, index_bytes):
+    """With ``query_rows`` (a host-known bound, e.g. the attended query tokens under compat), the
+    inputs plus one index per (real query token, document): masked and zero positions take none."""
+    q, qm, d, dm = _case(3, 5, 4, ld, seed=2)
+    q, d = q.float().requires_grad_(), d.float().requires_grad_()
+    real = int(((q != 0).any(-1) & qm).sum())
+    assert real < 3 * 5
+    expected = maxsim_all_pairs(q, d, dm, qm, backend="fused")
+    extra = saved_bytes(lambda *a: maxsim_all_pairs(*a, backend="fused", query_rows=real), q, d, dm, qm)
+    assert extra == real * 4 * index_bytes
+    dn, dmn = d.detach()[:4].view(2, 2, ld, DIM).requires_grad_(), dm.view(2, 2, ld)
+    real2 = int(((q[:2] != 0).any(-1) & qm[:2]).sum())
+    extra = saved_bytes(lambda *a: maxsim_nway(*a, backend="fused", query_rows=real2), q[:2], dn, dmn, qm[:2])
+    assert extra == real2 * 2 * index_bytes
+    # the same scores as without the bound
+    bounded = maxsim_all_pairs(q, d, dm, qm, backend="fused", query_rows=real)
+    torch.testing.assert_close(bounded, expected, rtol=0, atol=0)
+
+
+def test_row_bound_gives_the_same_gradients_and_nan_when_too_small():
+    q, qm, d, dm = _case(4, 6, 5, 20, seed=6)
+    q, d = q.float(), d.float()
+    real = int(((q != 0).any(-1) & qm).sum())
+    has_token = dm.any(dim=-1)[None].expand(4, 5)
+    for shape in ("all", "nway"):
+        if shape == "all":
+
+            def fn(a, b, rows):
+                return maxsim_all_pairs(a, b, dm, qm, backend="fused", query_rows=rows)
+
+            mask = has_token
+        else:
+            dmn = dm[:4].unsqueeze(1)  # one candidate per query
+
+            def fn(a, b, rows, dmn=dmn):
+                return maxsim_nway(a, b.view(4, 1, 20, DIM), dmn, qm, backend="fused", query_rows=rows)
+
+            mask = dmn.any(-1)
+        docs = d if shape == "all" else d[:4]
+        free = _run(lambda a, b: fn(a, b, None), q, docs, mask)
+        for rows in (real, real + 3, 10**6):
+            bounded = _run(lambda a, b, rows=rows: fn(a, b, rows), q, docs, mask)
+            for got, want in zip(bounded, free, strict=True):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+        too_small = fn(q, docs, real - 1)
+        assert torch.isnan(too_small).all()  # never silently wrong
+
+
+def test_losses_bound_the_rows_by_the_attended_query_tokens(monkeypatch):
+    """Under ``flash_attention_compat`` a loss passes the attended query tokens, counted on the host
+    when the batch was tokenised, as the fused MaxSim's row bound; without compat every position."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_colbert
+    from test_losses_helpers import contrastive_batch, contrastive_texts
+
+    from colzero.losses import CachedContrastive, Contrastive
+    from colzero.scoring import maxsim
+
+    seen: list[int | None] = []
+    real_score = maxsim._score
+
+    def spy(*args, **kwargs):
+        seen.append(args[8] if len(args) > 8 else kwargs.get("query_rows"))
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(maxsim, "_score", spy)
+    for compat in (True, False):
+        model = make_colbert("bert", flash_attention_compat=compat)
+        batch = contrastive_batch(model, *contrastive_texts(4, 1), 1)
+        attended = int(batch.queries.attention_mask.sum())
+        for loss_fn in (
+            Contrastive(model, maxsim_backend="fused"),
+            CachedContrastive(model, 2, maxsim_backend="fused"),
+        ):
+            seen.clear()
+            loss = loss_fn(batch)
+            loss.backward()
+            assert torch.isfinite(loss)
+            assert seen and all(rows == (attended if compat else None) for rows in seen), (compat, seen)
+        assert attended < batch.queries.input_ids.numel()
+
+
 def test_compiles_fullgraph_forward_and_backward():
     torch._dynamo.reset()
     q, qm, d, dm = _case(3, 5, 4, 20, seed=4)
@@ -184,14 +279,7 @@ def test_compiles_fullgraph_forward_and_backward():
         scores = maxsim_all_pairs(q_, d_, dm, qm, backend="fused")
         return torch.where(dm.any(-1)[None], scores, 0).logsumexp(dim=1).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    got = compiled(q, d)
-    gq, gd = torch.autograd.grad(got, (q, d))
-    want = loss(q, d)
-    wq, wd = torch.autograd.grad(want, (q, d))
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(gq, wq)
-    torch.testing.assert_close(gd, wd)
+    assert_compiled_gradients_match(loss, q, d)
 
 
 def test_auto_is_chunked_on_cpu_and_fused_refuses_float64():

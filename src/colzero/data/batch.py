@@ -12,8 +12,7 @@ from colzero.model.base import TokenizedBatch
 def _pinned(tb: TokenizedBatch | None) -> TokenizedBatch | None:
     if tb is None:
         return None
-    types = None if tb.token_type_ids is None else tb.token_type_ids.pin_memory()
-    return TokenizedBatch(tb.input_ids.pin_memory(), tb.attention_mask.pin_memory(), types, tb.positions)
+    return tb.replace_tensors(torch.Tensor.pin_memory)
 
 
 @dataclass

@@ -72,12 +72,7 @@ def batch_to(batch: ContrastiveBatch | DistillationBatch, device: torch.device, 
     def move(tb: TokenizedBatch | None) -> TokenizedBatch | None:
         if tb is None:
             return None
-        return TokenizedBatch(
-            tb.input_ids.to(device, non_blocking=non_blocking),
-            tb.attention_mask.to(device, non_blocking=non_blocking),
-            None if tb.token_type_ids is None else tb.token_type_ids.to(device, non_blocking=non_blocking),
-            tb.positions,
-        )
+        return tb.to(device, non_blocking=non_blocking)
 
     if isinstance(batch, DistillationBatch):
         return DistillationBatch(

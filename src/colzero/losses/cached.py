@@ -24,8 +24,13 @@ returned value by B_r: after DDP's averaging the gradient is that of the *global
 ``sum_{i <= B} CE_i``, B = sum_r B_r times the global mean's (SPEC section 3: 16,384 times at the
 paper's phase 1, where the 1.0 gradient-norm clip then binds at every step).
 
+``keep_graphs=k`` (default 0) keeps the autograd graphs of the first ``k`` chunks (queries first;
+never the last chunk) from step 1 and back-propagates through them in step 3 instead of
+re-embedding them: ``k`` fewer encoder forwards, for ``k`` chunks' activations held from step 1
+to step 3 (their forwards run under ``no_sync``; the last, re-embedded chunk synchronises).
+
 Call style (same as ``Contrastive``): ``loss = fn(batch); loss.backward()``. Peak memory is one
-chunk's activations plus the cached embeddings and the score matrix. Under ``torch.no_grad()``
+chunk's activations (plus the kept ones) plus the cached embeddings and the score matrix. Under ``torch.no_grad()``
 ``fn(batch)`` just returns the loss. Chunks are embedded in the order queries, positives,
 negatives, each in row order (this is the RNG consumption order with dropout on).
 """
@@ -45,7 +50,7 @@ from colzero.data.batch import ContrastiveBatch
 from colzero.losses.base import COLBERT_ZERO
 from colzero.losses.contrastive import Contrastive, LossScale
 from colzero.losses.gather import all_reduce_mean_
-from colzero.losses.scores import embed
+from colzero.losses.scores import computed_query_rows, embed
 from colzero.model.base import TokenizedBatch
 from colzero.model.config import Role
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
@@ -83,11 +88,13 @@ class _Chunk:
     part: int  # 0 queries, 1 positives, 2 negatives
     rows: slice
     rng: RandContext
+    kept: torch.Tensor | None = None  # the embeddings with their graph (keep_graphs)
 
 
 class CachedContrastive(Contrastive):
     """GradCache InfoNCE (module docstring); arguments as :class:`Contrastive` plus
-    ``mini_batch_size`` (rows embedded at once, per role; None: a whole role at once).
+    ``mini_batch_size`` (rows embedded at once, per role; None: a whole role at once) and
+    ``keep_graphs`` (chunks whose first-pass graph is kept instead of re-embedded).
     ``loss_scale="pylate"`` scales the gradient by ``B_r * W`` (module docstring)."""
 
     citation = (
@@ -107,6 +114,8 @@ class CachedContrastive(Contrastive):
         maxsim_backend: Backend = "auto",
         score_precision: MaxSimPrecision = "fp32",
         loss_scale: LossScale = "mean",
+        *,
+        keep_graphs: int = 0,
     ) -> None:
         super().__init__(
             model,
@@ -120,7 +129,10 @@ class CachedContrastive(Contrastive):
         )
         if mini_batch_size is not None and mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
+        if keep_graphs < 0:
+            raise ValueError(f"keep_graphs must be >= 0, got {keep_graphs}")
         self.mini_batch_size = mini_batch_size
+        self.keep_graphs = keep_graphs
 
     @classmethod
     def from_config(cls, model: nn.Module, config: LossConfig) -> Self:
@@ -159,19 +171,36 @@ class CachedContrastive(Contrastive):
         chunks: list[_Chunk] = []
         vectors: list[list[torch.Tensor]] = [[], [], []]
         masks: list[list[torch.Tensor | None]] = [[], [], []]
+        planned = list(self._chunks(batch))
+        keep = min(self.keep_graphs, len(planned) - 1) if torch.is_grad_enabled() else 0
+        no_sync = getattr(self.model, "no_sync", None)
         with torch.no_grad():
-            for tb, role, part, rows in self._chunks(batch):
+            for index, (tb, role, part, rows) in enumerate(planned):
                 rng = RandContext()
-                v, m = embed(self.model, tb, role)
-                chunks.append(_Chunk(tb, role, part, rows, rng))
+                kept = None
+                if index < keep:
+                    with torch.enable_grad(), no_sync() if no_sync is not None else contextlib.nullcontext():
+                        kept, m = embed(self.model, tb, role)
+                    v = kept
+                else:
+                    v, m = embed(self.model, tb, role)
+                chunks.append(_Chunk(tb, role, part, rows, rng, kept))
                 vectors[part].append(v.detach())
                 masks[part].append(m)
         queries, positives = torch.cat(vectors[0]), torch.cat(vectors[1])
         negatives = torch.cat(vectors[2]) if vectors[2] else None
         full_masks = [_cat_masks(m) for m in masks]
+        bounds = [computed_query_rows(self.model, tb) for tb, _, part, _ in planned if part == 0]
+        query_bound = None if any(b is None for b in bounds) else sum(b for b in bounds if b is not None)
         if not torch.is_grad_enabled():
             return self.loss_from_embeddings(
-                queries, full_masks[0], positives, full_masks[1], negatives, full_masks[2]
+                queries,
+                full_masks[0],
+                positives,
+                full_masks[1],
+                negatives,
+                full_masks[2],
+                query_rows=query_bound,
             )
         device_type = queries.device.type
         autocast_state = (
@@ -183,7 +212,13 @@ class CachedContrastive(Contrastive):
         if negatives is not None:
             leaves.append(negatives.requires_grad_())
         loss = self.loss_from_embeddings(
-            leaves[0], full_masks[0], leaves[1], full_masks[1], negatives, full_masks[2]
+            leaves[0],
+            full_masks[0],
+            leaves[1],
+            full_masks[1],
+            negatives,
+            full_masks[2],
+            query_rows=query_bound,
         )
         targets = list(leaves)
         if self.learnable_temperature:
@@ -212,6 +247,10 @@ class CachedContrastive(Contrastive):
             for i, chunk in enumerate(chunks):
                 grad = part_grads[chunk.part]
                 assert grad is not None
+                if chunk.kept is not None:  # its graph from the first pass (forward under no_sync)
+                    kept, chunk.kept = chunk.kept, None
+                    torch.autograd.backward(kept, grad[chunk.rows] * grad_output.to(grad.dtype))
+                    continue
                 sync = contextlib.nullcontext() if no_sync is None or i == last else no_sync()
                 with sync, chunk.rng:
                     v, _ = embed(self.model, chunk.batch, chunk.role)

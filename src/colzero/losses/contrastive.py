@@ -55,7 +55,7 @@ from torch import nn
 from colzero.data.batch import ContrastiveBatch
 from colzero.losses.base import COLBERT_ZERO, Loss
 from colzero.losses.gather import all_reduce_mean_, gather_documents, world
-from colzero.losses.scores import embed, loss_precision, score_all_pairs
+from colzero.losses.scores import computed_query_rows, embed, loss_precision, score_all_pairs
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
 
 if TYPE_CHECKING:
@@ -163,10 +163,17 @@ class Contrastive(Loss):
         n = nm = None
         if batch.negatives is not None and batch.n_negatives > 0:
             n, nm = embed(self.model, batch.negatives, "document")
-        return self.loss_from_embeddings(q, qm, p, pm, n, nm)
+        return self.loss_from_embeddings(
+            q, qm, p, pm, n, nm, query_rows=computed_query_rows(self.model, batch.queries)
+        )
 
     def _scores(
-        self, q: torch.Tensor, q_mask: torch.Tensor | None, d: torch.Tensor, d_mask: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        q_mask: torch.Tensor | None,
+        d: torch.Tensor,
+        d_mask: torch.Tensor | None,
+        rows: int | None,
     ) -> torch.Tensor:
         return score_all_pairs(
             q,
@@ -176,6 +183,7 @@ class Contrastive(Loss):
             budget_bytes=self.budget_bytes,
             backend=self.maxsim_backend,
             precision=self.score_precision,
+            query_rows=rows,
         )
 
     def loss_from_embeddings(
@@ -186,8 +194,11 @@ class Contrastive(Loss):
         pos_mask: torch.Tensor | None,
         neg: torch.Tensor | None = None,
         neg_mask: torch.Tensor | None = None,
+        *,
+        query_rows: int | None = None,
     ) -> torch.Tensor:
-        """InfoNCE from local embeddings (gathering documents across ranks when enabled)."""
+        """InfoNCE from local embeddings (gathering documents across ranks when enabled);
+        ``query_rows``: :func:`colzero.losses.scores.computed_query_rows` of the queries (None: unknown)."""
         if pos.shape[0] != q.shape[0]:
             raise ValueError(f"{q.shape[0]} queries but {pos.shape[0]} positives")
         offset = 0
@@ -195,9 +206,9 @@ class Contrastive(Loss):
             pos, pos_mask, offset = gather_documents(pos, pos_mask)
             if neg is not None:
                 neg, neg_mask, _ = gather_documents(neg, neg_mask)
-        scores = [self._scores(q, q_mask, pos, pos_mask)]
+        scores = [self._scores(q, q_mask, pos, pos_mask, query_rows)]
         if neg is not None:
-            scores.append(self._scores(q, q_mask, neg, neg_mask))
+            scores.append(self._scores(q, q_mask, neg, neg_mask, query_rows))
         with loss_precision(q.device.type, self.score_precision):
             logits = torch.cat(scores, dim=1) / self.temperature
             labels = torch.arange(q.shape[0], device=q.device) + offset

@@ -30,7 +30,7 @@ from torch import nn
 
 from colzero.data.batch import DistillationBatch
 from colzero.losses.base import COLBERT_ZERO, Loss
-from colzero.losses.scores import embed, loss_precision, score_nway
+from colzero.losses.scores import computed_query_rows, embed, loss_precision, score_nway
 from colzero.scoring.maxsim import DEFAULT_BUDGET_BYTES, Backend, MaxSimPrecision
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ class Distillation(Loss):
             budget_bytes=self.budget_bytes,
             backend=self.maxsim_backend,
             precision=self.score_precision,
+            query_rows=computed_query_rows(self.model, batch.queries),
         )
 
     def forward(self, batch: DistillationBatch) -> torch.Tensor:

@@ -40,6 +40,18 @@ from colzero.scoring.maxsim import (
 )
 
 
+def computed_query_rows(model: torch.nn.Module, batch: TokenizedBatch) -> int | None:
+    """A bound, known on the host, on the query positions of ``batch`` that MaxSim computes (scored,
+    nonzero vector): the attended tokens for a ColBERT under ``flash_attention_compat`` (every other
+    position is a zero vector), else None (every position may score). The fused MaxSim keeps its
+    backward index for that many rows (``query_rows`` of :func:`colzero.scoring.maxsim.maxsim_all_pairs`).
+    """
+    inner = unwrap(model)
+    if batch.attended is None or not isinstance(inner, ColBERT) or not inner.config.flash_attention_compat:
+        return None
+    return sum(batch.attended)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DistributedDataParallel / DataParallel wrapper (or the model)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
@@ -54,13 +66,13 @@ def embed(
 
     A DistributedDataParallel wrapper only synchronises gradients of forwards that run through
     its own ``forward``; calling ``ddp.module.embed`` would silently skip the all-reduce. So for
-    a wrapped model the vectors come from ``model(**inputs)`` (ColBERT/DenseModel ``forward``)
+    a wrapped model the vectors come from ``model(**inputs, role=role)`` (ColBERT/DenseModel ``forward``)
     and the scoring mask from the inner model's ``scoring_mask`` (ColBERT only).
     """
     inner = unwrap(model)
     if inner is model:
         return cast("Encoder", model).embed(batch, role)
-    vectors = model(**batch.model_inputs())
+    vectors = model(**batch.model_inputs(), role=role)
     if vectors.dim() == 2:
         return vectors, None
     return vectors, cast("ColBERT", inner).scoring_mask(batch.input_ids, batch.attention_mask, role)
@@ -101,12 +113,13 @@ def score_all_pairs(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     backend: Backend = "auto",
     precision: MaxSimPrecision = "autocast",
+    query_rows: int | None = None,
 ) -> torch.Tensor:
     """Every query against every document -> ``(Nq, Nd)`` float32.
 
     Multi-vector ``(N, L, dim)`` inputs use MaxSim (``d_mask`` required, ``q_mask`` optional:
     masked query positions add 0); single-vector ``(N, dim)`` inputs use the dot product.
-    ``backend`` and ``precision``: module docstring.
+    ``backend`` and ``precision``: module docstring; ``query_rows``: :func:`computed_query_rows`.
     """
     _check_pair(q_vecs, d_vecs)
     if q_vecs.dim() == 2:
@@ -114,7 +127,14 @@ def score_all_pairs(
     if d_mask is None:
         d_mask = torch.ones(d_vecs.shape[:2], dtype=torch.bool, device=d_vecs.device)
     return maxsim_all_pairs(
-        q_vecs, d_vecs, d_mask, q_mask, budget_bytes=budget_bytes, backend=backend, precision=precision
+        q_vecs,
+        d_vecs,
+        d_mask,
+        q_mask,
+        budget_bytes=budget_bytes,
+        backend=backend,
+        precision=precision,
+        query_rows=query_rows,
     )
 
 
@@ -128,12 +148,13 @@ def score_nway(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     backend: Backend = "auto",
     precision: MaxSimPrecision = "autocast",
+    query_rows: int | None = None,
 ) -> torch.Tensor:
     """Each query against its own ``n_way`` candidates -> ``(B, n_way)`` float32.
 
     ``d_vecs`` rows are query-major: row ``i * n_way + k`` is candidate k of query i
     (``(B * n_way, L, dim)`` multi-vector or ``(B * n_way, dim)`` single-vector).
-    ``backend`` and ``precision``: module docstring.
+    ``backend`` and ``precision``: module docstring; ``query_rows``: :func:`computed_query_rows`.
     """
     _check_pair(q_vecs, d_vecs)
     b = q_vecs.shape[0]
@@ -152,4 +173,5 @@ def score_nway(
         budget_bytes=budget_bytes,
         backend=backend,
         precision=precision,
+        query_rows=query_rows,
     )

@@ -243,17 +243,31 @@ class ColBERT(EncoderBase):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        role: Role | None = None,
     ) -> torch.Tensor:
-        """L2-normalised token vectors (batch, length, embedding_dim), float32."""
-        hidden = self._last_hidden_state(input_ids, attention_mask, token_type_ids)
-        vectors = self.projection(hidden).float()
+        """L2-normalised token vectors (batch, length, embedding_dim), float32.
+
+        Positions the attention mask hides are computed only where they can be scored: query
+        expansion without ``flash_attention_compat`` (``role="query"``, or ``role=None``: every
+        position, as a padded forward does). Elsewhere (documents, FA-compat) the packed encoder
+        skips them and their vectors are zero; the scoring mask never selects them.
+        """
+        computed = None
+        if not self.config.flash_attention_compat and (
+            role is None or (role == "query" and self.config.do_query_expansion)
+        ):
+            computed = torch.ones_like(attention_mask, dtype=torch.bool)
+        hidden, layout = self._token_states(input_ids, attention_mask, token_type_ids, computed)
+        vectors = F.normalize(self.projection(hidden).float(), p=2, dim=-1)
+        if layout is not None:
+            return layout.scatter(vectors)
         if self.config.flash_attention_compat:
             vectors = vectors.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
-        return F.normalize(vectors, p=2, dim=-1)
+        return vectors
 
     def embed(self, batch: TokenizedBatch, role: Role) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors and scoring mask of a tokenized batch (gradients flow if enabled)."""
-        vectors = self(**batch.model_inputs())
+        vectors = self(**batch.model_inputs(), role=role)
         return vectors, self.scoring_mask(batch.input_ids, batch.attention_mask, role)
 
     def scoring_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, role: Role) -> torch.Tensor:

@@ -22,6 +22,11 @@ T = TypeVar("T")
 
 #: attention backends a model may ask transformers for (``None``: transformers' default)
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
+#: how the backbone runs: on the batch's real tokens with the best attention kernel here ("auto") or
+#: a named one, or padded through transformers' own forward ("off")
+PACKING: tuple[str, ...] = ("auto", "varlen", "flex", "sdpa", "off")
+#: the packed encoder's residual stream under fp16/bf16 autocast: fp32 as transformers, or the autocast dtype
+RESIDUAL_PRECISIONS: tuple[str, ...] = ("fp32", "autocast")
 
 
 def resolve_config(cls: type[T], explicit: Mapping[str, Any], saved: Mapping[str, Any]) -> T:
@@ -56,6 +61,14 @@ class ColBERTConfig:
     load and applied to an in-memory backbone. It is a runtime choice: not part of
     :meth:`ColBERT.fingerprint`, and a saved ``"flash_attention_2"`` falls back to ``"sdpa"``
     with a warning where FlashAttention is unavailable (an explicit request is an error there).
+
+    ``packing`` (runtime, like ``attn_implementation``): ``"auto"`` runs supported backbones (BERT,
+    RoBERTa, ModernBERT) on the batch's real tokens only (:mod:`colzero.model.packed`), with
+    ``varlen_attn`` on CUDA where torch has it, else flex attention on CUDA, else length-bucketed
+    sdpa; ``"varlen"`` / ``"flex"`` / ``"sdpa"`` force that kernel; ``"off"`` uses the padded
+    transformers forward (then ``attn_implementation`` applies). Same vectors either way (to float
+    rounding); padding positions come out as zero vectors. ``residual_precision="autocast"`` keeps
+    the packed encoder's residual stream in the autocast dtype (bf16) instead of fp32.
     """
 
     query_prefix: str = "[Q] "
@@ -69,9 +82,12 @@ class ColBERTConfig:
     embedding_dim: int = 128
     flash_attention_compat: bool = False
     attn_implementation: str | None = None
+    packing: str = "auto"
+    residual_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check_attn_implementation(type(self).__name__, self.attn_implementation)
+        _check_packing(type(self).__name__, self.packing, self.residual_precision)
         for name in ("query_length", "document_length", "embedding_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -96,17 +112,20 @@ class ColBERTConfig:
 
 @dataclass
 class DenseConfig:
-    """Settings of a single-vector model (the dense baseline); ``attn_implementation`` as in
-    :class:`ColBERTConfig`."""
+    """Settings of a single-vector model (the dense baseline); ``attn_implementation``,
+    ``packing`` and ``residual_precision`` as in :class:`ColBERTConfig`."""
 
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True
     max_length: int = 256
     prompts: dict[str, str] = field(default_factory=dict)
     attn_implementation: str | None = None
+    packing: str = "auto"
+    residual_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _check_attn_implementation(type(self).__name__, self.attn_implementation)
+        _check_packing(type(self).__name__, self.packing, self.residual_precision)
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"DenseConfig.pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if not isinstance(self.max_length, int) or self.max_length < 2:
@@ -130,3 +149,10 @@ def _check_attn_implementation(owner: str, value: Any) -> None:
         raise ValueError(
             f"{owner}.attn_implementation must be one of {ATTN_IMPLEMENTATIONS} or None, got {value!r}"
         )
+
+
+def _check_packing(owner: str, packing: Any, residual: Any) -> None:
+    if packing not in PACKING:
+        raise ValueError(f"{owner}.packing must be one of {PACKING}, got {packing!r}")
+    if residual not in RESIDUAL_PRECISIONS:
+        raise ValueError(f"{owner}.residual_precision must be one of {RESIDUAL_PRECISIONS}, got {residual!r}")

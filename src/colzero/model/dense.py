@@ -145,9 +145,12 @@ class DenseModel(EncoderBase):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
+        role: Role | None = None,
     ) -> torch.Tensor:
-        """One vector per row (batch, hidden), float32."""
-        hidden = self._last_hidden_state(input_ids, attention_mask, token_type_ids).float()
+        """One vector per row (batch, hidden), float32 (``role`` is accepted for a uniform call and
+        changes nothing: only attended positions are pooled)."""
+        states, layout = self._token_states(input_ids, attention_mask, token_type_ids)
+        hidden = (states if layout is None else layout.scatter(states)).float()
         if self.config.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -157,7 +160,7 @@ class DenseModel(EncoderBase):
 
     def embed(self, batch: TokenizedBatch, role: Role) -> tuple[torch.Tensor, None]:
         """(vectors (batch, hidden), None): same shape of answer as ColBERT.embed."""
-        return self(**batch.model_inputs()), None
+        return self(**batch.model_inputs(), role=role), None
 
     def encode(
         self,

@@ -318,6 +318,30 @@ def _accumulate_selected(acc, toks, tok_idx, w, MODE: tl.constexpr):
 
 
 @triton.jit
+def _selected_queries(q_ptr, row_src_ptr, doc_idx_ptr, rows, rvalid, dims, dim, stride_q, OP: tl.constexpr):
+    """For one document: the rows' selected token (``doc_idx_ptr``: its index row; -1 where the row
+    is past the end) and the rows' query vectors, rounded to the operand type, in fp32."""
+    src = tl.load(row_src_ptr + rows, mask=rvalid, other=0)
+    tok_idx = tl.load(doc_idx_ptr + rows, mask=rvalid, other=0).to(tl.int32)
+    q = tl.load(
+        q_ptr + src.to(tl.int64)[:, None] * stride_q + dims[None, :],
+        mask=rvalid[:, None] & (dims[None, :] < dim),
+        other=0.0,
+    )
+    return tl.where(rvalid, tok_idx, -1), q.to(OP).to(tl.float32)
+
+
+@triton.jit
+def _store_token_block(gd_ptr, doc, toks, dims, acc, doc_length, dim, stride_gn, stride_gl):
+    """One document's gradient rows ``toks`` (those inside the document)."""
+    tl.store(
+        gd_ptr + doc * stride_gn + toks[:, None] * stride_gl + dims[None, :],
+        acc,
+        mask=(toks[:, None] < doc_length) & (dims[None, :] < dim),
+    )
+
+
+@triton.jit
 def _all_pairs_dd_kernel(
     q_ptr,
     row_src_ptr,
@@ -349,23 +373,13 @@ def _all_pairs_dd_kernel(
     for r0 in range(0, n_rows, BLOCK_ROWS):
         rows = r0 + tl.arange(0, BLOCK_ROWS)
         rvalid = rows < n_rows
-        src = tl.load(row_src_ptr + rows, mask=rvalid, other=0)
         query = tl.load(row_query_ptr + rows, mask=rvalid, other=0)
-        tok_idx = tl.load(idx_ptr + doc * rows_alloc + rows, mask=rvalid, other=0).to(tl.int32)
-        tok_idx = tl.where(rvalid, tok_idx, -1)
-        g = tl.load(gt_ptr + doc * n_queries + query, mask=rvalid, other=0.0)
-        q = tl.load(
-            q_ptr + src.to(tl.int64)[:, None] * stride_q + dims[None, :],
-            mask=rvalid[:, None] & (dims[None, :] < dim),
-            other=0.0,
+        tok_idx, q = _selected_queries(
+            q_ptr, row_src_ptr, idx_ptr + doc * rows_alloc, rows, rvalid, dims, dim, stride_q, OP
         )
-        w = g[:, None] * q.to(OP).to(tl.float32)
-        acc = _accumulate_selected(acc, toks, tok_idx, w, MODE)
-    tl.store(
-        gd_ptr + doc * stride_gn + toks[:, None] * stride_gl + dims[None, :],
-        acc,
-        mask=(toks[:, None] < doc_length) & (dims[None, :] < dim),
-    )
+        g = tl.load(gt_ptr + doc * n_queries + query, mask=rvalid, other=0.0)
+        acc = _accumulate_selected(acc, toks, tok_idx, g[:, None] * q, MODE)
+    _store_token_block(gd_ptr, doc, toks, dims, acc, doc_length, dim, stride_gn, stride_gl)
 
 
 @triton.jit
@@ -512,21 +526,11 @@ def _nway_dd_kernel(
     for r0 in range(start, stop, BLOCK_ROWS):
         rows = r0 + tl.arange(0, BLOCK_ROWS)
         rvalid = rows < stop
-        src = tl.load(row_src_ptr + rows, mask=rvalid, other=0)
-        tok_idx = tl.load(idx_ptr + cand * rows_alloc + rows, mask=rvalid, other=0).to(tl.int32)
-        tok_idx = tl.where(rvalid, tok_idx, -1)
-        q = tl.load(
-            q_ptr + src.to(tl.int64)[:, None] * stride_q + dims[None, :],
-            mask=rvalid[:, None] & (dims[None, :] < dim),
-            other=0.0,
+        tok_idx, q = _selected_queries(
+            q_ptr, row_src_ptr, idx_ptr + cand * rows_alloc, rows, rvalid, dims, dim, stride_q, OP
         )
-        w = g * q.to(OP).to(tl.float32)
-        acc = _accumulate_selected(acc, toks, tok_idx, w, MODE)
-    tl.store(
-        gd_ptr + doc * stride_gn + toks[:, None] * stride_gl + dims[None, :],
-        acc,
-        mask=(toks[:, None] < doc_length) & (dims[None, :] < dim),
-    )
+        acc = _accumulate_selected(acc, toks, tok_idx, g * q, MODE)
+    _store_token_block(gd_ptr, doc, toks, dims, acc, doc_length, dim, stride_gn, stride_gl)
 
 
 # ---------------------------------------------------------------------------- host side
@@ -539,9 +543,16 @@ class _Rows:
     ``n_rows``: the row count (a 1-element device tensor); ``starts`` / ``counts``: each query's
     first row and row count; ``scored``: which positions the chunked backend scores
     (``queries_mask``); ``nonzero``: which of them are rows. Entries of ``src`` / ``query`` past
-    ``n_rows`` are unspecified (kernels mask them)."""
+    ``n_rows`` are unspecified (kernels mask them).
 
-    def __init__(self, queries: torch.Tensor, queries_mask: torch.Tensor | None) -> None:
+    ``alloc``: the rows the buffers hold (``alloc`` from the caller, a host-known bound, else every
+    position). Rows past it are dropped (``n_rows``, ``starts`` and ``counts`` clamped, so no kernel
+    writes past a buffer) and ``overflow`` (a device flag) is set: the forward then returns NaN
+    scores, never silently wrong ones."""
+
+    def __init__(
+        self, queries: torch.Tensor, queries_mask: torch.Tensor | None, alloc: int | None = None
+    ) -> None:
         nq, lq, _ = queries.shape
         device = queries.device
         self.scored = (
@@ -552,16 +563,21 @@ class _Rows:
         self.nonzero = (queries != 0).any(dim=-1) & self.scored
         flat = self.nonzero.reshape(-1)
         total = nq * lq
-        self.alloc = total
-        self.counts = self.nonzero.sum(dim=1, dtype=torch.int32)
-        ends = torch.cumsum(self.counts, 0, dtype=torch.int32)
-        self.starts = ends - self.counts
-        self.n_rows = ends[-1:] if nq else torch.zeros(1, dtype=torch.int32, device=device)
+        self.total = total
+        self.alloc = total if alloc is None else max(0, min(int(alloc), total))
+        counts = self.nonzero.sum(dim=1, dtype=torch.int32)
+        ends = torch.cumsum(counts, 0, dtype=torch.int32)
+        clamped = ends.clamp(max=self.alloc)
+        self.starts = (ends - counts).clamp(max=self.alloc)
+        self.counts = clamped - self.starts
+        zero = torch.zeros(1, dtype=torch.int32, device=device)
+        self.n_rows = clamped[-1:] if nq else zero
+        self.overflow = (ends[-1:] if nq else zero) > self.alloc
         position = torch.cumsum(flat, 0) - 1
-        dest = torch.where(flat, position, torch.full_like(position, total))
-        src = torch.zeros(total + 1, dtype=torch.int32, device=device)
+        dest = torch.where(flat & (position < self.alloc), position, torch.full_like(position, self.alloc))
+        src = torch.zeros(self.alloc + 1, dtype=torch.int32, device=device)
         src.scatter_(0, dest, torch.arange(total, dtype=torch.int32, device=device))
-        self.src = src[:total]
+        self.src = src[: self.alloc]
         self.query = torch.div(self.src, max(lq, 1), rounding_mode="floor")
 
 
@@ -647,12 +663,13 @@ def _forward(
     queries_mask: torch.Tensor | None,
     nway: bool,
     op: str,
+    rows_alloc: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     queries, documents = _operands(queries, documents, op)
     mask = documents_mask.contiguous().view(torch.uint8)
     nq, lq, dim = queries.shape
     ld = documents.shape[-2]
-    rows = _Rows(queries, queries_mask)
+    rows = _Rows(queries, queries_mask, rows_alloc)
     cfg = _config(queries.device.type)
     mode, opt = _mode(op, queries.device.type), _tl_dtype(op)
     block_dim = _block_dim(dim)
@@ -676,7 +693,7 @@ def _forward(
             )  # fmt: skip
         elif nq and k:
             out.fill_(0.0)
-        return out, idx
+        return _nan_on_overflow(out, rows), idx
     nd = documents.shape[0]
     out = torch.zeros((nq, nd), dtype=torch.float32, device=queries.device)
     idx = torch.empty((nd, rows.alloc), dtype=index_dtype(ld), device=queries.device)
@@ -690,7 +707,14 @@ def _forward(
             OP=opt, MODE=mode, BLOCK_ROWS=cfg.rows, BLOCK_TOKENS=cfg.tokens, BLOCK_DIM=block_dim,
             DOCS=cfg.docs, num_warps=cfg.warps, num_stages=cfg.stages,
         )  # fmt: skip
-    return out, idx
+    return _nan_on_overflow(out, rows), idx
+
+
+def _nan_on_overflow(scores: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """NaN scores where the caller's row bound was too small (a device-side test: no sync)."""
+    if rows.alloc == rows.total:
+        return scores
+    return torch.where(rows.overflow, torch.full_like(scores, float("nan")), scores)
 
 
 def _first_token_vectors(documents: torch.Tensor, documents_mask: torch.Tensor, op: str) -> torch.Tensor:
@@ -729,7 +753,7 @@ def _backward_kernels(
     queries, documents = _operands(queries, documents, op)
     nq, lq, dim = queries.shape
     ld = documents.shape[-2]
-    rows = _Rows(queries, queries_mask)
+    rows = _Rows(queries, queries_mask, idx.shape[-1])
     cfg = _config(queries.device.type)
     mode, opt = _mode(op, queries.device.type), _tl_dtype(op)
     block_dim = _block_dim(dim)
@@ -782,11 +806,11 @@ def _backward_kernels(
         grad_rows = parts.sum(dim=0)
         zero_grad = g @ _first_token_vectors(documents, documents_mask, op)
     # rows -> positions; zero vectors that are scored take the closed-form gradient
-    grad_q = torch.zeros((rows.alloc + 1, dim), dtype=torch.float32, device=device)
+    grad_q = torch.zeros((rows.total + 1, dim), dtype=torch.float32, device=device)
     row_valid = torch.arange(rows.alloc, device=device) < rows.n_rows
-    dest = torch.where(row_valid, rows.src.long(), rows.alloc)
+    dest = torch.where(row_valid, rows.src.long(), rows.total)
     grad_q.index_copy_(0, dest, grad_rows[:, :dim])  # rows past n_rows all land on the spare last row
-    grad_q = grad_q[: rows.alloc].view(nq, lq, dim)
+    grad_q = grad_q[: rows.total].view(nq, lq, dim)
     zero_scored = (rows.scored & ~rows.nonzero).unsqueeze(-1)
     grad_q = torch.where(zero_scored, zero_grad.unsqueeze(1), grad_q)
     return grad_q.to(q_dtype), grad_d.to(d_dtype)
@@ -803,9 +827,11 @@ def fused_maxsim(
     queries_mask: torch.Tensor | None,
     nway: bool,
     operand: str,
+    rows_alloc: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (fp32) and argmax indices of MaxSim, all pairs ``(Nq, Nd)`` or n-way ``(B, K)``."""
-    return _forward(queries, documents, documents_mask, queries_mask, nway, operand)
+    """Scores (fp32) and argmax indices of MaxSim, all pairs ``(Nq, Nd)`` or n-way ``(B, K)``;
+    indices kept for ``rows_alloc`` query rows (``Nq * Lq``: every position)."""
+    return _forward(queries, documents, documents_mask, queries_mask, nway, operand, rows_alloc)
 
 
 @fused_maxsim.register_fake
@@ -816,12 +842,13 @@ def _fused_maxsim_fake(
     queries_mask: torch.Tensor | None,
     nway: bool,
     operand: str,
+    rows_alloc: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     nq, lq, _ = queries.shape
     ld = documents.shape[-2]
     n = documents.shape[1] if nway else documents.shape[0]
     scores = queries.new_empty((nq, n), dtype=torch.float32)
-    return scores, queries.new_empty((n, nq * lq), dtype=index_dtype(ld))
+    return scores, queries.new_empty((n, max(0, min(rows_alloc, nq * lq))), dtype=index_dtype(ld))
 
 
 @torch.library.custom_op("colzero::fused_maxsim_backward", mutates_args=())
@@ -854,7 +881,7 @@ def _fused_maxsim_backward_fake(
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    queries, documents, documents_mask, queries_mask, nway, operand = inputs
+    queries, documents, documents_mask, queries_mask, nway, operand, _rows_alloc = inputs
     ctx.save_for_backward(queries, documents, documents_mask, queries_mask, output[1])
     ctx.nway, ctx.operand = nway, operand
     ctx.mark_non_differentiable(output[1])
@@ -866,7 +893,7 @@ def _fused_backward(ctx: Any, grad_scores: torch.Tensor, _grad_idx: Any) -> tupl
         grad_scores, queries, documents, documents_mask, queries_mask, idx, ctx.nway, ctx.operand
     )
     need_q, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    return (grad_q if need_q else None, grad_d if need_d else None, None, None, None, None)
+    return (grad_q if need_q else None, grad_d if need_d else None, None, None, None, None, None)
 
 
 fused_maxsim.register_autograd(_fused_backward, setup_context=_setup_context)

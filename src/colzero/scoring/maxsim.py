@@ -40,9 +40,15 @@ functions trace under ``torch.compile(fullgraph=True)``.
 **Backends** (``backend=``): ``"chunked"`` is the path above, in torch operations on any device; it
 is the CPU path and the reference. ``"fused"`` (:mod:`colzero.scoring.fused`, Triton) computes the
 same scores and gradients without ever materialising a similarity chunk: one pass over the
-documents per tile of query tokens with the running max in registers, one byte per (query
-token, document) kept for the backward, and query positions whose vector is exactly zero
-(expansion positions under ``flash_attention_compat``) skipped. ``"auto"`` takes ``"fused"`` on
+documents per tile of query tokens with the running max in registers, one byte per (computed
+query position, document) kept for the backward (two past 256 document tokens), and query
+positions whose vector is exactly zero (expansion positions under ``flash_attention_compat``,
+masked positions) skipped. Which positions are zero is known on the device only, so the index is
+allocated for every query position unless the caller passes ``query_rows``: an upper bound,
+known on the host, on the scored query positions with a nonzero vector (the losses pass the
+number of attended query tokens under ``flash_attention_compat``, counted when the batch was
+tokenised). A bound that is too small gives NaN scores, never wrong ones; the chunked backend
+ignores it. ``"auto"`` takes ``"fused"`` on
 CUDA when Triton is installed and the inputs are float32 / float16 / bfloat16, else ``"chunked"``.
 
 **Precision** (``precision=``): ``"autocast"`` computes the similarity products in the autocast
@@ -346,11 +352,12 @@ def maxsim_pairwise(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     backend: Backend = "auto",
     precision: MaxSimPrecision = "autocast",
+    query_rows: int | None = None,
 ) -> torch.Tensor:
     """Score query i against document i: (B, Lq, D) x (B, Ld, D) -> (B,) float32.
 
-    ``backend`` and ``precision``: module docstring; ``budget_bytes`` bounds the chunked
-    backend's similarity chunk.
+    ``backend``, ``precision`` and ``query_rows``: module docstring; ``budget_bytes`` bounds the
+    chunked backend's similarity chunk.
 
     >>> import torch
     >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # 1 query, 2 token vectors
@@ -369,6 +376,7 @@ def maxsim_pairwise(
         budget_bytes=budget_bytes,
         backend=backend,
         precision=precision,
+        query_rows=query_rows,
     )
     return scores.squeeze(1)
 
@@ -382,10 +390,11 @@ def maxsim_nway(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     backend: Backend = "auto",
     precision: MaxSimPrecision = "autocast",
+    query_rows: int | None = None,
 ) -> torch.Tensor:
     """Score each query against its own k candidates: (B, Lq, D) x (B, K, Ld, D) -> (B, K).
 
-    ``backend`` and ``precision``: module docstring.
+    ``backend``, ``precision`` and ``query_rows``: module docstring.
 
     >>> import torch
     >>> q = torch.tensor([[[1.0, 0.0]]])  # 1 query of 1 token
@@ -398,7 +407,9 @@ def maxsim_nway(
         raise ValueError(
             f"documents must have 4 dimensions (B, K, Ld, D), got shape {tuple(documents.shape)}"
         )
-    return _score(queries, documents, documents_mask, queries_mask, True, budget_bytes, backend, precision)
+    return _score(
+        queries, documents, documents_mask, queries_mask, True, budget_bytes, backend, precision, query_rows
+    )
 
 
 def all_pairs_chunks(
@@ -423,11 +434,12 @@ def maxsim_all_pairs(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     backend: Backend = "auto",
     precision: MaxSimPrecision = "autocast",
+    query_rows: int | None = None,
 ) -> torch.Tensor:
     """Every query against every document: (Nq, Lq, D) x (Nd, Ld, D) -> (Nq, Nd) float32.
 
     Each chunk of the chunked backend is a single matrix product (chunk_q * Lq, D) @
-    (D, chunk_d * Ld); ``backend`` and ``precision``: module docstring.
+    (D, chunk_d * Ld); ``backend``, ``precision`` and ``query_rows``: module docstring.
 
     >>> import torch
     >>> q = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # 2 queries of 1 token
@@ -439,7 +451,9 @@ def maxsim_all_pairs(
     _check(queries, documents, documents_mask, 3)
     if documents.dim() != 3:
         raise ValueError(f"documents must have 3 dimensions (Nd, Ld, D), got shape {tuple(documents.shape)}")
-    return _score(queries, documents, documents_mask, queries_mask, False, budget_bytes, backend, precision)
+    return _score(
+        queries, documents, documents_mask, queries_mask, False, budget_bytes, backend, precision, query_rows
+    )
 
 
 def _score(
@@ -451,13 +465,16 @@ def _score(
     budget_bytes: int,
     backend: Backend,
     precision: MaxSimPrecision,
+    query_rows: int | None = None,
 ) -> torch.Tensor:
     operand, dtype = operand_and_compute_dtypes(queries, documents, precision)
     if resolve_backend(backend, queries, operand) == "fused":
         from colzero.scoring.fused import fused_maxsim, operand_name
 
+        positions = queries.shape[0] * queries.shape[1]
+        rows = positions if query_rows is None else max(0, min(int(query_rows), positions))
         scores, _ = fused_maxsim(
-            queries, documents, documents_mask, queries_mask, nway, operand_name(operand)
+            queries, documents, documents_mask, queries_mask, nway, operand_name(operand), rows
         )
         return scores
     function = _NwayMaxSim if nway else _AllPairsMaxSim
