@@ -343,9 +343,12 @@ def test_a_format_2_folder_opens_converts_on_write_and_is_replaced_by_a_rebuild(
     idx = Index.load(legacy, model)
     assert idx.generation == 0 and len(idx) == 59 and "d2" not in idx
     reference = Index.load(built, model)
-    assert idx.search(["quick brown fox"], k=5) == [
-        [h for h in reference.search(["quick brown fox"], k=6)[0] if h[0] != "d2"][:5]
-    ]
+    # same documents and order; scores to float32 rounding (the two indexes score different
+    # document counts, so the CPU GEMM may block the sums differently)
+    got = idx.search(["quick brown fox"], k=5)[0]
+    expected = [h for h in reference.search(["quick brown fox"], k=6)[0] if h[0] != "d2"][:5]
+    assert [h[0] for h in got] == [h[0] for h in expected]
+    assert [h[1] for h in got] == pytest.approx([h[1] for h in expected], rel=1e-6)
     assert idx.add(rows(2, prefix="n")) == 2 and idx.generation == 1
     assert gens.read_pointer(legacy) == gens.Pointer(".", 1) and idx.base == legacy
     assert idx.delete(["d3"]) == 1 and len(Index.load(legacy, model)) == 60
