@@ -166,6 +166,11 @@ class CachedContrastive(Contrastive):
                 rows = slice(start, min(start + size, len(tb)))
                 yield tb.select(rows), role, index, rows
 
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager[None]:
+        """DDP's ``no_sync()`` when ``skip`` (this forward's backward must not all-reduce), else a no-op."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return no_sync() if skip and no_sync is not None else contextlib.nullcontext()
+
     def forward(self, batch: ContrastiveBatch) -> torch.Tensor:
         """The loss of one batch; ``loss.backward()`` re-embeds chunk by chunk (module docstring)."""
         chunks: list[_Chunk] = []
@@ -173,13 +178,12 @@ class CachedContrastive(Contrastive):
         masks: list[list[torch.Tensor | None]] = [[], [], []]
         planned = list(self._chunks(batch))
         keep = min(self.keep_graphs, len(planned) - 1) if torch.is_grad_enabled() else 0
-        no_sync = getattr(self.model, "no_sync", None)
         with torch.no_grad():
             for index, (tb, role, part, rows) in enumerate(planned):
                 rng = RandContext()
                 kept = None
                 if index < keep:
-                    with torch.enable_grad(), no_sync() if no_sync is not None else contextlib.nullcontext():
+                    with torch.enable_grad(), self._no_sync(True):
                         kept, m = embed(self.model, tb, role)
                     v = kept
                 else:
@@ -241,7 +245,6 @@ class CachedContrastive(Contrastive):
         grad_output: torch.Tensor,
     ) -> None:
         device_type, enabled, dtype = autocast_state
-        no_sync = getattr(self.model, "no_sync", None)
         last = len(chunks) - 1
         with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for i, chunk in enumerate(chunks):
@@ -251,8 +254,7 @@ class CachedContrastive(Contrastive):
                     kept, chunk.kept = chunk.kept, None
                     torch.autograd.backward(kept, grad[chunk.rows] * grad_output.to(grad.dtype))
                     continue
-                sync = contextlib.nullcontext() if no_sync is None or i == last else no_sync()
-                with sync, chunk.rng:
+                with self._no_sync(i != last), chunk.rng:
                     v, _ = embed(self.model, chunk.batch, chunk.role)
                     torch.autograd.backward(v, grad[chunk.rows] * grad_output.to(grad.dtype))
         if temperature_grad is not None:
