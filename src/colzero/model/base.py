@@ -327,6 +327,7 @@ class EncoderBase(nn.Module):
             layout,
             kernel=kernel,
             residual="half" if self.config.residual_precision == "autocast" else "fp32",
+            architecture=runner,
         )
         return states, layout
 

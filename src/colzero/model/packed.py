@@ -108,16 +108,20 @@ def packed_hidden_states(
     *,
     kernel: str = "auto",
     residual: Residual = "fp32",
+    architecture: str | None = None,
 ) -> torch.Tensor:
     """The backbone's last hidden states of the packed tokens, ``(T, hidden)``.
 
     ``input_ids`` / ``token_type_ids`` are the padded ``(batch, width)`` inputs; ``layout`` says
-    which positions are computed (:meth:`PackedLayout.from_masks`). Raises ``ValueError`` for a
-    backbone :func:`packed_architecture` does not support.
+    which positions are computed (:meth:`PackedLayout.from_masks`). ``architecture``: the runner
+    :func:`packed_architecture` named for this backbone, when the caller has already asked it
+    (else it is asked here). Raises ``ValueError`` for a backbone it does not support.
     """
-    name, reason = packed_architecture(backbone)
+    name = architecture
     if name is None:
-        raise ValueError(reason)
+        name, reason = packed_architecture(backbone)
+        if name is None:
+            raise ValueError(reason)
     half = _half_dtype(input_ids.device) if residual == "half" else None
     run = _RUNNERS[name]
     if layout.dense or not bucketed_forward(layout.device):
